@@ -1,0 +1,18 @@
+//! Shared by the hanfs binaries, and nothing else:
+//!
+//! - [`ids`]: names and ids that can only hold valid values (volume directories,
+//!   volume and snapshot ids, the cluster id). Every gRPC edge parses into these.
+//! - [`endpoint`]: `unix://` and `tcp://` endpoints: serving a tonic router with a
+//!   shutdown signal, and dialling one.
+//! - [`identity`]: the CSI Identity service both CSI binaries serve.
+//! - [`logging`]: tracing setup (text or JSON).
+
+pub mod endpoint;
+pub mod identity;
+pub mod ids;
+pub mod logging;
+
+/// The CSI driver name unless configured otherwise.
+pub const DEFAULT_DRIVER_NAME: &str = "hanfs.csi.io";
+/// The version all hanfs binaries report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
