@@ -1,0 +1,373 @@
+//! The gRPC server for `backend.proto`: parses requests into validated names at the
+//! edge, runs the blocking [`VolumeStore`] work off the async runtime, and maps
+//! [`VolumeError`] to status codes in one place.
+//!
+//! When an auth token is configured every call must carry `authorization: Bearer <token>`.
+
+use crate::volumes::meta::{CopyMethod, OnDelete, Source};
+use crate::volumes::store::{
+    CapacityInfo, CapacityPolicy, CreateVolume, DeleteOutcome, SnapshotInfo, SourceRef, VolumeInfo,
+};
+use crate::volumes::{VolumeError, VolumeStore};
+use hanfs_common::ids::{IdError, SnapshotName, VolumeDir};
+use hanfs_proto::backend::v1 as pb;
+use hanfs_proto::backend::v1::volumes_server::{Volumes, VolumesServer};
+use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+pub struct VolumeApi {
+    store: Arc<VolumeStore>,
+}
+
+/// Checks the bearer token on every call when one is configured.
+#[derive(Clone)]
+pub struct AuthCheck {
+    expected: Option<Arc<str>>,
+}
+
+impl tonic::service::Interceptor for AuthCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("wrong backend token")),
+            None => Err(Status::unauthenticated(
+                "missing 'authorization: Bearer <token>' for the backend API",
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The tonic service to add to a server.
+pub fn service(
+    store: Arc<VolumeStore>,
+    auth_token: Option<String>,
+) -> InterceptedService<VolumesServer<VolumeApi>, AuthCheck> {
+    VolumesServer::with_interceptor(
+        VolumeApi { store },
+        AuthCheck {
+            expected: auth_token.map(Arc::from),
+        },
+    )
+}
+
+/// The one place where volume errors become gRPC codes.
+fn to_status(error: VolumeError) -> Status {
+    match &error {
+        VolumeError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        VolumeError::NotFound(m) => Status::not_found(m.clone()),
+        VolumeError::AlreadyExists(m) => Status::already_exists(m.clone()),
+        VolumeError::OutOfRange(m) => Status::out_of_range(m.clone()),
+        VolumeError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
+        VolumeError::Busy(m) => Status::aborted(m.clone()),
+        VolumeError::BadToken(_) => Status::aborted(error.to_string()),
+        VolumeError::Io { .. } => {
+            tracing::error!(error = %error, "filesystem operation failed");
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+fn bad_name(error: IdError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+/// Runs blocking store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("volume operation panicked: {e}")))?
+        .map_err(to_status)
+}
+
+fn on_delete_from_pb(value: i32) -> Result<OnDelete, Status> {
+    match pb::OnDelete::try_from(value) {
+        Ok(pb::OnDelete::Unspecified | pb::OnDelete::Delete) => Ok(OnDelete::Delete),
+        Ok(pb::OnDelete::Retain) => Ok(OnDelete::Retain),
+        Ok(pb::OnDelete::Archive) => Ok(OnDelete::Archive),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown on_delete value {value}"
+        ))),
+    }
+}
+
+fn on_delete_to_pb(value: OnDelete) -> pb::OnDelete {
+    match value {
+        OnDelete::Delete => pb::OnDelete::Delete,
+        OnDelete::Retain => pb::OnDelete::Retain,
+        OnDelete::Archive => pb::OnDelete::Archive,
+    }
+}
+
+fn copy_method_to_pb(value: CopyMethod) -> pb::CopyMethod {
+    match value {
+        CopyMethod::None => pb::CopyMethod::None,
+        CopyMethod::Reflink => pb::CopyMethod::Reflink,
+        CopyMethod::FullCopy => pb::CopyMethod::FullCopy,
+    }
+}
+
+fn policy_to_pb(value: CapacityPolicy) -> pb::CapacityPolicy {
+    match value {
+        CapacityPolicy::Reserve => pb::CapacityPolicy::Reserve,
+        CapacityPolicy::Thin => pb::CapacityPolicy::Thin,
+    }
+}
+
+fn timestamp(unix_nanos: i128) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (unix_nanos / 1_000_000_000) as i64,
+        nanos: (unix_nanos % 1_000_000_000) as i32,
+    }
+}
+
+fn volume_to_pb(info: VolumeInfo) -> pb::Volume {
+    let mut volume = pb::Volume {
+        dir: info.dir.to_string(),
+        used_bytes: info.used_bytes.map_or(-1, |b| b as i64),
+        mode: info.mode,
+        quota_enforced: info.quota_enforced,
+        condition: Some(pb::Condition {
+            abnormal: info.abnormal.is_some(),
+            message: info.abnormal.unwrap_or_else(|| "ok".into()),
+        }),
+        ..Default::default()
+    };
+    if let Some(record) = info.meta {
+        volume.request_name = record.request_name;
+        volume.capacity_bytes = record.capacity_bytes;
+        volume.project_id = record.project_id;
+        volume.on_delete = on_delete_to_pb(record.on_delete) as i32;
+        volume.copy_method = copy_method_to_pb(record.copy_method) as i32;
+        volume.created = Some(timestamp(record.created_unix_nanos));
+        volume.source = record.source.map(|s| match s {
+            Source::Snapshot(n) => pb::volume::Source::SourceSnapshot(n),
+            Source::Volume(d) => pb::volume::Source::SourceVolume(d),
+        });
+    }
+    volume
+}
+
+fn snapshot_to_pb(info: SnapshotInfo) -> pb::Snapshot {
+    pb::Snapshot {
+        name: info.name.to_string(),
+        source_volume: info.meta.source_volume,
+        size_bytes: info.meta.size_bytes,
+        created: Some(timestamp(info.meta.created_unix_nanos)),
+        copy_method: copy_method_to_pb(info.meta.copy_method) as i32,
+        request_name: info.meta.request_name,
+    }
+}
+
+fn capacity_to_pb(c: CapacityInfo) -> pb::Capacity {
+    pb::Capacity {
+        total_bytes: c.total_bytes,
+        free_bytes: c.free_bytes,
+        promised_bytes: c.promised_bytes,
+        available_bytes: c.available_bytes,
+        policy: policy_to_pb(c.policy) as i32,
+    }
+}
+
+fn page_size(max_entries: i32) -> Result<usize, Status> {
+    usize::try_from(max_entries).map_err(|_| {
+        Status::invalid_argument(format!(
+            "max_entries must not be negative, got {max_entries}"
+        ))
+    })
+}
+
+#[tonic::async_trait]
+impl Volumes for VolumeApi {
+    async fn create_volume(
+        &self,
+        request: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = request.into_inner();
+        let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
+        if r.request_name.is_empty() {
+            return Err(Status::invalid_argument("request_name is required"));
+        }
+        if r.mode & !0o7777 != 0 {
+            return Err(Status::invalid_argument(format!(
+                "mode {:o} has bits beyond 7777",
+                r.mode
+            )));
+        }
+        let source = match r.source {
+            None => None,
+            Some(pb::create_volume_request::Source::SourceSnapshot(n)) => Some(
+                SourceRef::Snapshot(SnapshotName::parse(&n).map_err(bad_name)?),
+            ),
+            Some(pb::create_volume_request::Source::SourceVolume(d)) => {
+                Some(SourceRef::Volume(VolumeDir::parse(&d).map_err(bad_name)?))
+            }
+        };
+        let create = CreateVolume {
+            dir,
+            request_name: r.request_name,
+            required_bytes: r.required_bytes,
+            limit_bytes: r.limit_bytes,
+            on_delete: on_delete_from_pb(r.on_delete)?,
+            mode: (r.mode != 0).then_some(r.mode),
+            source,
+        };
+        let store = self.store.clone();
+        let info = blocking(move || store.create_volume(create)).await?;
+        Ok(Response::new(volume_to_pb(info)))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
+        let store = self.store.clone();
+        let outcome = blocking(move || store.delete_volume(&dir)).await?;
+        let (applied, kept_at) = match outcome {
+            DeleteOutcome::Absent => (pb::OnDelete::Unspecified, String::new()),
+            DeleteOutcome::Deleted => (pb::OnDelete::Delete, String::new()),
+            DeleteOutcome::Kept(policy, path) => {
+                (on_delete_to_pb(policy), path.display().to_string())
+            }
+        };
+        Ok(Response::new(pb::DeleteVolumeResponse {
+            applied: applied as i32,
+            kept_at,
+        }))
+    }
+
+    async fn expand_volume(
+        &self,
+        request: Request<pb::ExpandVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = request.into_inner();
+        let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
+        let store = self.store.clone();
+        let info = blocking(move || store.expand_volume(&dir, r.capacity_bytes, 0)).await?;
+        Ok(Response::new(volume_to_pb(info)))
+    }
+
+    async fn get_volume(
+        &self,
+        request: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
+        let store = self.store.clone();
+        let info = blocking(move || store.get_volume(&dir)).await?;
+        Ok(Response::new(volume_to_pb(info)))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let r = request.into_inner();
+        let max = page_size(r.max_entries)?;
+        let store = self.store.clone();
+        let (volumes, next) = blocking(move || store.list_volumes(max, &r.starting_token)).await?;
+        Ok(Response::new(pb::ListVolumesResponse {
+            volumes: volumes.into_iter().map(volume_to_pb).collect(),
+            next_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let r = request.into_inner();
+        let name = SnapshotName::parse(&r.name).map_err(bad_name)?;
+        let source = VolumeDir::parse(&r.source_volume).map_err(bad_name)?;
+        if r.request_name.is_empty() {
+            return Err(Status::invalid_argument("request_name is required"));
+        }
+        let store = self.store.clone();
+        let info = blocking(move || store.create_snapshot(&name, &r.request_name, &source)).await?;
+        Ok(Response::new(snapshot_to_pb(info)))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
+        let store = self.store.clone();
+        let existed = blocking(move || store.delete_snapshot(&name)).await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse { existed }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
+        let store = self.store.clone();
+        let info = blocking(move || store.get_snapshot(&name)).await?;
+        Ok(Response::new(snapshot_to_pb(info)))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let r = request.into_inner();
+        let max = page_size(r.max_entries)?;
+        let source = if r.source_volume.is_empty() {
+            None
+        } else {
+            Some(VolumeDir::parse(&r.source_volume).map_err(bad_name)?)
+        };
+        let store = self.store.clone();
+        let (snapshots, next) =
+            blocking(move || store.list_snapshots(max, &r.starting_token, source.as_ref())).await?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: snapshots.into_iter().map(snapshot_to_pb).collect(),
+            next_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        _: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::Capacity>, Status> {
+        let store = self.store.clone();
+        Ok(Response::new(capacity_to_pb(
+            blocking(move || store.capacity()).await?,
+        )))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let store = self.store.clone();
+        let s = blocking(move || store.status()).await?;
+        Ok(Response::new(pb::StatusResponse {
+            export_root: s.export_root.display().to_string(),
+            filesystem: s.filesystem,
+            quota_enforced: s.quota.enforced,
+            quota_detail: s.quota.detail,
+            reflink: s.reflink,
+            reflink_detail: s.reflink_detail,
+            volume_count: s.volume_count as u32,
+            snapshot_count: s.snapshot_count as u32,
+            version: hanfs_common::VERSION.to_owned(),
+            capacity_policy: policy_to_pb(s.capacity_policy) as i32,
+        }))
+    }
+}

@@ -1,0 +1,13 @@
+//! `hanfs-backend`: the agent on each storage server.
+//!
+//! Module map (what each part owns):
+//! - [`volumes`]: the volume service over the export's directory tree — layout and
+//!   crash recovery, per-volume metadata, project quotas, reflink/copy, per-name
+//!   locks, and [`volumes::VolumeStore`], the blocking API that does the work.
+//! - [`api`]: the gRPC server for `backend.proto`, mapping errors to status codes in
+//!   one place and running blocking filesystem work off the async runtime.
+//!
+//! The HA role manager (DRBD, nfsd, VIP, Lease) joins as `ha/` and `drivers/`.
+
+pub mod api;
+pub mod volumes;

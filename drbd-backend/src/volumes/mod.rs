@@ -1,0 +1,24 @@
+//! The volume service: volumes are directories `<export>/volumes/<dir>`, snapshots are
+//! directories `<export>/snapshots/<name>`.
+//!
+//! - [`layout`]: where everything lives, and the sweep of leftovers after a crash.
+//! - [`meta`]: per-volume and per-snapshot records, written atomically.
+//! - [`quota`]: project ids and project quota limits (XFS `prjquota`, ext4 `project`).
+//! - [`copy`]: tree copies by reflink (`FICLONE`) with a reported full-copy fallback.
+//! - [`locks`]: per-name locks so that concurrent calls on one name answer ABORTED.
+//! - [`store`]: [`VolumeStore`], the operations themselves.
+//!
+//! Crash safety: every create builds in `.hanfs/tmp/` and `rename`s into place, every
+//! delete `rename`s into `.hanfs/trash/` before removing; so a volume is either
+//! complete or absent, and a restart sweeps what an interrupted call left behind.
+
+pub mod copy;
+pub mod error;
+pub mod layout;
+pub mod locks;
+pub mod meta;
+pub mod quota;
+pub mod store;
+
+pub use error::VolumeError;
+pub use store::{StoreConfig, VolumeStore};
