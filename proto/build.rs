@@ -41,7 +41,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => PathBuf::from(path),
         None => download_csi_proto()?,
     };
-    let csi_dir = csi_proto.parent().ok_or("CSI_PROTO has no parent directory")?;
+    let csi_dir = csi_proto
+        .parent()
+        .ok_or("CSI_PROTO has no parent directory")?;
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
 
     let files = protox::compile(

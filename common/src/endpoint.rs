@@ -91,16 +91,24 @@ pub enum Listener {
 
 impl Listener {
     pub async fn bind(endpoint: &Endpoint) -> Result<Self, EndpointError> {
-        let bind_err = |source| EndpointError::Bind { endpoint: endpoint.to_string(), source };
+        let bind_err = |source| EndpointError::Bind {
+            endpoint: endpoint.to_string(),
+            source,
+        };
         match endpoint {
             Endpoint::Unix(path) => {
                 remove_stale_socket(path)?;
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(bind_err)?;
                 }
-                Ok(Listener::Unix(UnixListener::bind(path).map_err(bind_err)?, path.clone()))
+                Ok(Listener::Unix(
+                    UnixListener::bind(path).map_err(bind_err)?,
+                    path.clone(),
+                ))
             }
-            Endpoint::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await.map_err(bind_err)?)),
+            Endpoint::Tcp(addr) => Ok(Listener::Tcp(
+                TcpListener::bind(addr).await.map_err(bind_err)?,
+            )),
         }
     }
 
@@ -121,10 +129,15 @@ impl Listener {
 /// A socket left by a previous run is removed; anything else at that path is not ours.
 fn remove_stale_socket(path: &Path) -> Result<(), EndpointError> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(|source| {
-            EndpointError::Bind { endpoint: format!("unix://{}", path.display()), source }
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|source| EndpointError::Bind {
+                endpoint: format!("unix://{}", path.display()),
+                source,
+            })
+        }
+        Ok(_) => Err(EndpointError::NotASocket {
+            path: path.to_owned(),
         }),
-        Ok(_) => Err(EndpointError::NotASocket { path: path.to_owned() }),
         Err(_) => Ok(()),
     }
 }
@@ -156,7 +169,10 @@ pub async fn serve(
 /// Dials `endpoint` lazily: the first call connects, and a lost connection is
 /// re-established on the next call (the VIP may have moved to the other server).
 pub fn connect_lazy(endpoint: &Endpoint) -> Result<Channel, EndpointError> {
-    let err = |source| EndpointError::Connect { endpoint: endpoint.to_string(), source };
+    let err = |source| EndpointError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    };
     match endpoint {
         Endpoint::Tcp(addr) => Ok(TonicEndpoint::from_shared(format!("http://{addr}"))
             .map_err(err)?
@@ -165,15 +181,17 @@ pub fn connect_lazy(endpoint: &Endpoint) -> Result<Channel, EndpointError> {
         Endpoint::Unix(path) => {
             let path = path.clone();
             // The URI is ignored by the connector; tonic needs a syntactically valid one.
-            Ok(TonicEndpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
-                tower::service_fn(move |_: tonic::transport::Uri| {
-                    let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                    }
-                }),
-            ))
+            Ok(
+                TonicEndpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
+                    tower::service_fn(move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
+                    }),
+                ),
+            )
         }
     }
 }
@@ -181,9 +199,10 @@ pub fn connect_lazy(endpoint: &Endpoint) -> Result<Channel, EndpointError> {
 /// Resolves when the process gets SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still dies by the default action.
         std::future::pending::<()>().await;
         return;
@@ -200,10 +219,26 @@ mod tests {
 
     #[test]
     fn parses_the_endpoint_forms() {
-        assert_eq!(Endpoint::parse("unix:///csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
-        assert_eq!(Endpoint::parse("/csi/csi.sock").unwrap(), Endpoint::Unix("/csi/csi.sock".into()));
-        assert_eq!(Endpoint::parse("tcp://10.0.0.5:9800").unwrap(), Endpoint::Tcp("10.0.0.5:9800".into()));
-        for bad in ["", "unix://", "tcp://", "tcp://host", "http://x:1", "csi.sock"] {
+        assert_eq!(
+            Endpoint::parse("unix:///csi/csi.sock").unwrap(),
+            Endpoint::Unix("/csi/csi.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("/csi/csi.sock").unwrap(),
+            Endpoint::Unix("/csi/csi.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://10.0.0.5:9800").unwrap(),
+            Endpoint::Tcp("10.0.0.5:9800".into())
+        );
+        for bad in [
+            "",
+            "unix://",
+            "tcp://",
+            "tcp://host",
+            "http://x:1",
+            "csi.sock",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -215,11 +250,18 @@ mod tests {
         let endpoint = Endpoint::Unix(sock.clone());
         drop(Listener::bind(&endpoint).await.unwrap());
         assert!(sock.exists(), "a dropped listener leaves its socket file");
-        drop(Listener::bind(&endpoint).await.expect("stale socket is replaced"));
+        drop(
+            Listener::bind(&endpoint)
+                .await
+                .expect("stale socket is replaced"),
+        );
 
         let file = dir.path().join("data");
         std::fs::write(&file, "keep me").unwrap();
-        let err = Listener::bind(&Endpoint::Unix(file.clone())).await.err().unwrap();
+        let err = Listener::bind(&Endpoint::Unix(file.clone()))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, EndpointError::NotASocket { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(file).unwrap(), "keep me");
     }

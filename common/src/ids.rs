@@ -28,16 +28,33 @@ pub enum IdError {
     Empty { what: &'static str },
     /// The name is longer than allowed.
     #[error("{what} is {len} bytes long; at most {max} are allowed")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// A character outside `[A-Za-z0-9._-]`, or a leading `.`/`-`/`_`.
-    #[error("{what} {shown:?} may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit")]
+    #[error(
+        "{what} {shown:?} may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit"
+    )]
     BadCharacters { what: &'static str, shown: String },
     /// Not of the form `v1/<cluster>/<dir>` (or `s1/...` for snapshots).
     #[error("{what} {shown:?} is not an id made by hanfs (expected {expected})")]
-    NotOurs { what: &'static str, shown: String, expected: &'static str },
+    NotOurs {
+        what: &'static str,
+        shown: String,
+        expected: &'static str,
+    },
     /// Made by hanfs for another cluster.
-    #[error("{what} {shown:?} belongs to hanfs cluster {their_cluster:?}, but this driver serves cluster {our_cluster:?}")]
-    OtherCluster { what: &'static str, shown: String, their_cluster: String, our_cluster: String },
+    #[error(
+        "{what} {shown:?} belongs to hanfs cluster {their_cluster:?}, but this driver serves cluster {our_cluster:?}"
+    )]
+    OtherCluster {
+        what: &'static str,
+        shown: String,
+        their_cluster: String,
+        our_cluster: String,
+    },
 }
 
 /// Shows at most 80 characters of untrusted input in an error message.
@@ -54,13 +71,20 @@ fn check_name(what: &'static str, value: &str, max: usize) -> Result<(), IdError
         return Err(IdError::Empty { what });
     }
     if value.len() > max {
-        return Err(IdError::TooLong { what, len: value.len(), max });
+        return Err(IdError::TooLong {
+            what,
+            len: value.len(),
+            max,
+        });
     }
     let mut chars = value.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !first_ok || !rest_ok {
-        return Err(IdError::BadCharacters { what, shown: shown(value) });
+        return Err(IdError::BadCharacters {
+            what,
+            shown: shown(value),
+        });
     }
     Ok(())
 }
@@ -124,7 +148,9 @@ pub fn dir_name_for(cluster: &ClusterId, name: &RequestName) -> String {
     if name.len() <= budget {
         return name.to_owned();
     }
-    let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).simple().to_string();
+    let hash = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
+        .simple()
+        .to_string();
     let hash = &hash[..16];
     // The name is ASCII (validated), so byte slicing is on character boundaries.
     let keep = budget - hash.len() - 1;
@@ -157,9 +183,17 @@ fn split_id<'a>(
         return Err(IdError::Empty { what });
     }
     if id.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong { what, len: id.len(), max: MAX_ID_LEN });
+        return Err(IdError::TooLong {
+            what,
+            len: id.len(),
+            max: MAX_ID_LEN,
+        });
     }
-    let not_ours = || IdError::NotOurs { what, shown: shown(id), expected };
+    let not_ours = || IdError::NotOurs {
+        what,
+        shown: shown(id),
+        expected,
+    };
     let mut parts = id.splitn(3, '/');
     let (Some(v), Some(cluster), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(not_ours());
@@ -185,8 +219,17 @@ impl VolumeId {
 
     /// Parses an id handed to this driver, which serves `ours`.
     pub fn parse(id: &str, ours: &ClusterId) -> Result<Self, IdError> {
-        let dir = split_id("volume id", "v1/<cluster>/<dir>", VOLUME_ID_VERSION, id, ours)?;
-        Ok(Self { cluster: ours.clone(), dir: VolumeDir::parse(dir)? })
+        let dir = split_id(
+            "volume id",
+            "v1/<cluster>/<dir>",
+            VOLUME_ID_VERSION,
+            id,
+            ours,
+        )?;
+        Ok(Self {
+            cluster: ours.clone(),
+            dir: VolumeDir::parse(dir)?,
+        })
     }
 }
 
@@ -202,8 +245,17 @@ impl SnapshotId {
     }
 
     pub fn parse(id: &str, ours: &ClusterId) -> Result<Self, IdError> {
-        let name = split_id("snapshot id", "s1/<cluster>/<name>", SNAPSHOT_ID_VERSION, id, ours)?;
-        Ok(Self { cluster: ours.clone(), name: SnapshotName::parse(name)? })
+        let name = split_id(
+            "snapshot id",
+            "s1/<cluster>/<name>",
+            SNAPSHOT_ID_VERSION,
+            id,
+            ours,
+        )?;
+        Ok(Self {
+            cluster: ours.clone(),
+            name: SnapshotName::parse(name)?,
+        })
     }
 }
 
@@ -236,14 +288,22 @@ mod tests {
     fn volume_id_round_trips() {
         let id = VolumeId::new(cluster(), VolumeDir::parse("pvc-1234").unwrap());
         assert_eq!(id.to_string(), "v1/prod-1/pvc-1234");
-        assert_eq!(VolumeId::parse("v1/prod-1/pvc-1234", &cluster()).unwrap(), id);
+        assert_eq!(
+            VolumeId::parse("v1/prod-1/pvc-1234", &cluster()).unwrap(),
+            id
+        );
     }
 
     #[test]
     fn traversal_and_separators_are_rejected_as_bad_characters() {
-        for bad in ["..", ".", "../etc", "a/b", "a\0b", ".hidden", "-x", "a b", "ü"] {
+        for bad in [
+            "..", ".", "../etc", "a/b", "a\0b", ".hidden", "-x", "a b", "ü",
+        ] {
             let err = VolumeDir::parse(bad).unwrap_err();
-            assert!(matches!(err, IdError::BadCharacters { .. }), "{bad:?}: {err:?}");
+            assert!(
+                matches!(err, IdError::BadCharacters { .. }),
+                "{bad:?}: {err:?}"
+            );
         }
         let err = VolumeId::parse("v1/prod-1/../../etc", &cluster()).unwrap_err();
         assert!(matches!(err, IdError::BadCharacters { .. }), "{err:?}");
@@ -254,7 +314,14 @@ mod tests {
     fn huge_names_are_rejected_with_the_limit() {
         let name = "a".repeat(4096);
         let err = RequestName::parse(&name).unwrap_err();
-        assert_eq!(err, IdError::TooLong { what: "name", len: 4096, max: MAX_REQUEST_NAME_LEN });
+        assert_eq!(
+            err,
+            IdError::TooLong {
+                what: "name",
+                len: 4096,
+                max: MAX_REQUEST_NAME_LEN
+            }
+        );
         // The message shows the limit and not the whole input.
         assert!(err.to_string().contains("253"));
         let err = VolumeId::parse(&format!("v1/prod-1/{name}"), &cluster()).unwrap_err();
@@ -269,7 +336,11 @@ mod tests {
         assert!(matches!(err, IdError::OtherCluster { .. }) && err.means_not_found());
         assert!(err.to_string().contains("\"other\""), "{err}");
         // A snapshot id is not a volume id.
-        assert!(VolumeId::parse("s1/prod-1/snap", &cluster()).unwrap_err().means_not_found());
+        assert!(
+            VolumeId::parse("s1/prod-1/snap", &cluster())
+                .unwrap_err()
+                .means_not_found()
+        );
     }
 
     #[test]

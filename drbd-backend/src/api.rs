@@ -262,6 +262,18 @@ impl Volumes for VolumeApi {
         Ok(Response::new(volume_to_pb(info)))
     }
 
+    async fn modify_volume(
+        &self,
+        request: Request<pb::ModifyVolumeRequest>,
+    ) -> Result<Response<pb::Volume>, Status> {
+        let r = request.into_inner();
+        let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
+        let on_delete = on_delete_from_pb(r.on_delete)?;
+        let store = self.store.clone();
+        let info = blocking(move || store.set_on_delete(&dir, on_delete)).await?;
+        Ok(Response::new(volume_to_pb(info)))
+    }
+
     async fn get_volume(
         &self,
         request: Request<pb::GetVolumeRequest>,

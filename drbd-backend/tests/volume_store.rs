@@ -378,3 +378,27 @@ fn pagination_over_volumes_returns_each_once() {
         Err(VolumeError::BadToken(_))
     ));
 }
+
+#[test]
+fn the_on_delete_policy_can_be_changed_after_creation() {
+    let root = tempfile::tempdir().unwrap();
+    let store = VolumeStore::open(config(root.path())).unwrap();
+    store.create_volume(create("pvc-m", MIB)).unwrap();
+    std::fs::write(root.path().join("volumes/pvc-m/f"), b"keep").unwrap();
+    let info = store
+        .set_on_delete(&dir("pvc-m"), OnDelete::Retain)
+        .unwrap();
+    assert_eq!(info.meta.unwrap().on_delete, OnDelete::Retain);
+    assert!(matches!(
+        store.delete_volume(&dir("pvc-m")).unwrap(),
+        DeleteOutcome::Kept(OnDelete::Retain, _)
+    ));
+    assert_eq!(
+        std::fs::read(root.path().join("retained/pvc-m/f")).unwrap(),
+        b"keep"
+    );
+    assert!(matches!(
+        store.set_on_delete(&dir("pvc-m"), OnDelete::Delete),
+        Err(VolumeError::NotFound(_))
+    ));
+}

@@ -480,6 +480,19 @@ impl VolumeStore {
         self.volume_info(dir, false)
     }
 
+    pub fn set_on_delete(&self, dir: &VolumeDir, on_delete: OnDelete) -> Result<VolumeInfo> {
+        let _guard = self.lock(&[(volume_key(dir), Access::Exclusive)])?;
+        let mut record = self
+            .volume_record(dir)?
+            .ok_or_else(|| VolumeError::NotFound(format!("volume {dir} does not exist")))?;
+        if record.on_delete != on_delete {
+            record.on_delete = on_delete;
+            meta::write(&self.layout.volume_meta(dir), &record)?;
+            tracing::info!(volume = %dir, ?on_delete, "on-delete policy changed");
+        }
+        self.volume_info(dir, false)
+    }
+
     pub fn get_volume(&self, dir: &VolumeDir) -> Result<VolumeInfo> {
         self.volume_info(dir, true)
     }
