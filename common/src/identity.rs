@@ -15,16 +15,21 @@ use tonic::{Request, Response, Status};
 pub type ReadinessCheck =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Both binaries report the capabilities of the plugin as a whole (CSI: "the Plugin"),
+/// which has a Controller service and online expansion even where one process serves
+/// only the Node half: COs ask each socket, and a node socket that denied the
+/// controller would make them skip controller-backed flows.
 pub struct IdentityService {
     driver_name: String,
-    controller: bool,
     readiness: ReadinessCheck,
 }
 
 impl IdentityService {
-    /// `controller`: whether this plugin serves the Controller service.
-    pub fn new(driver_name: String, controller: bool, readiness: ReadinessCheck) -> Self {
-        Self { driver_name, controller, readiness }
+    pub fn new(driver_name: String, readiness: ReadinessCheck) -> Self {
+        Self {
+            driver_name,
+            readiness,
+        }
     }
 }
 
@@ -45,23 +50,25 @@ impl Identity for IdentityService {
         &self,
         _: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
-        let mut capabilities = Vec::new();
-        if self.controller {
-            let service = |kind: service::Type| PluginCapability {
-                r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-                    r#type: kind as i32,
-                })),
-            };
-            capabilities.push(service(service::Type::ControllerService));
-            capabilities.push(PluginCapability {
+        let capabilities = vec![
+            PluginCapability {
+                r#type: Some(plugin_capability::Type::Service(
+                    plugin_capability::Service {
+                        r#type: service::Type::ControllerService as i32,
+                    },
+                )),
+            },
+            PluginCapability {
                 r#type: Some(plugin_capability::Type::VolumeExpansion(
                     plugin_capability::VolumeExpansion {
                         r#type: plugin_capability::volume_expansion::Type::Online as i32,
                     },
                 )),
-            });
-        }
-        Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
+            },
+        ];
+        Ok(Response::new(GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {

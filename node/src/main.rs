@@ -1,0 +1,158 @@
+//! `hanfs-node`: the CSI node plugin binary. Parses flags and serves; the hidden
+//! `helper` subcommand runs one mount-path syscall for the plugin (see `syscall_helper`).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hanfs_common::endpoint::{Endpoint, Listener, shutdown_signal};
+use hanfs_common::ids::ClusterId;
+use hanfs_node::config::{DEFAULT_NFS_OPTIONS, DEFAULT_NFS_SHARE, DEFAULT_TARGET_ROOT};
+use hanfs_node::syscall_helper::{HelperCommand, run_helper};
+use hanfs_node::{NodeConfig, Transport, mount_spec};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hanfs-node",
+    version,
+    about = "hanfs CSI node plugin",
+    subcommand_negates_reqs = true
+)]
+struct Args {
+    /// CSI endpoint to serve on.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    endpoint: String,
+    /// This node's id (the Kubernetes node name); defaults to the host name.
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
+    #[arg(long, default_value = hanfs_common::DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    /// The hanfs cluster whose volumes this node mounts.
+    #[arg(long, required = true)]
+    cluster_id: Option<String>,
+    #[arg(long, value_enum, default_value = "nfs")]
+    transport: TransportKind,
+    /// Local transport: the exported directory (volumes are `<root>/volumes/<dir>`).
+    #[arg(long, required_if_eq("transport", "local"))]
+    local_export_root: Option<PathBuf>,
+    /// NFS transport: the server when the volume context names none.
+    #[arg(long)]
+    nfs_server: Option<String>,
+    /// NFS transport: the export path when the volume context names none.
+    #[arg(long, default_value = DEFAULT_NFS_SHARE)]
+    nfs_share: String,
+    /// NFS mount option (repeatable); when given, replaces the defaults
+    /// (vers=4.2,proto=tcp,hard,timeo=50,retrans=2,noresvport).
+    #[arg(long = "nfs-mount-option")]
+    nfs_mount_options: Vec<String>,
+    /// Publish targets must lie below one of these (repeatable).
+    #[arg(long = "allowed-target-root", default_value = DEFAULT_TARGET_ROOT)]
+    allowed_target_roots: Vec<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    mount_timeout_secs: u64,
+    #[arg(long, default_value_t = 10)]
+    stats_timeout_secs: u64,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    json_logs: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportKind {
+    Local,
+    Nfs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Internal: one syscall on a mount path, run by the plugin in a child process.
+    #[command(hide = true, subcommand)]
+    Helper(HelperCommand),
+}
+
+fn node_config(args: Args) -> Result<NodeConfig, String> {
+    let cluster = args.cluster_id.ok_or("--cluster-id is required")?;
+    let cluster_id = ClusterId::parse(&cluster).map_err(|e| format!("--cluster-id: {e}"))?;
+    let transport = match args.transport {
+        TransportKind::Local => Transport::Local {
+            export_root: args
+                .local_export_root
+                .ok_or("--transport local needs --local-export-root")?,
+        },
+        TransportKind::Nfs => {
+            let options = if args.nfs_mount_options.is_empty() {
+                DEFAULT_NFS_OPTIONS
+                    .iter()
+                    .map(|o| (*o).to_owned())
+                    .collect()
+            } else {
+                args.nfs_mount_options
+            };
+            for option in &options {
+                mount_spec::check_option(option).map_err(|e| format!("--nfs-mount-option: {e}"))?;
+            }
+            Transport::Nfs {
+                default_server: args.nfs_server,
+                default_share: args.nfs_share,
+                options,
+            }
+        }
+    };
+    let node_id = match args.node_id {
+        Some(id) if !id.is_empty() => id,
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .map_err(|e| format!("no --node-id and no host name: {e}"))?,
+    };
+    let helper_binary = std::env::current_exe()
+        .map_err(|e| format!("cannot find this binary for the helper: {e}"))?;
+    Ok(NodeConfig {
+        driver_name: args.driver_name,
+        node_id,
+        cluster_id,
+        transport,
+        allowed_target_roots: args.allowed_target_roots,
+        mount_timeout: Duration::from_secs(args.mount_timeout_secs),
+        stats_timeout: Duration::from_secs(args.stats_timeout_secs),
+        helper_binary,
+    })
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if let Some(Command::Helper(command)) = args.command.take() {
+        return run_helper(command);
+    }
+    hanfs_common::logging::init(args.json_logs);
+    let endpoint = match Endpoint::parse(&args.endpoint) {
+        Ok(endpoint) => endpoint,
+        Err(err) => return fail(&err.to_string()),
+    };
+    let config = match node_config(args) {
+        Ok(config) => config,
+        Err(err) => return fail(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("starting the runtime: {err}")),
+    };
+    let served = runtime.block_on(async {
+        let listener = Listener::bind(&endpoint).await?;
+        hanfs_node::run(config, listener, shutdown_signal()).await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err.to_string()),
+    }
+}
+
+/// Logging is set up by then, so the reason goes to the log (text or JSON) on stderr.
+fn fail(message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,567 @@
+//! The CSI Node service: publish (mount), unpublish, stats and expand of volumes.
+//!
+//! Stateless: what is mounted where is read from mountinfo on every call, so a restarted
+//! plugin picks up where the last one left off. Syscalls that touch a mount path run in
+//! the helper (see [`crate::syscall_helper`]); this module only stats, creates and
+//! removes target directories in-process once mountinfo shows nothing is mounted there.
+
+use crate::config::{NodeConfig, Transport};
+use crate::error::NodeError;
+use crate::mount_spec::{self, MountSpec};
+use crate::mountinfo::{self, MountInfo};
+use crate::stats;
+use crate::syscall_helper::Helper;
+use crate::target_path;
+use hanfs_common::ids::VolumeId;
+use hanfs_proto::csi::v1::node_server::Node;
+use hanfs_proto::csi::v1::node_service_capability::{Rpc, Type, rpc};
+use hanfs_proto::csi::v1::volume_capability::AccessType;
+use hanfs_proto::csi::v1::*;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// How many stacked mounts an unpublish removes before giving up.
+const MAX_STACKED_MOUNTS: usize = 16;
+
+pub struct NodeService {
+    config: Arc<NodeConfig>,
+    helper: Helper,
+    /// Targets with a publish or unpublish in flight; a second call for one of them is
+    /// answered ABORTED (CSI "operation pending") instead of racing the first.
+    in_flight: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// Holds a target in `in_flight` until dropped.
+struct Claim {
+    in_flight: Arc<Mutex<HashSet<PathBuf>>>,
+    target: PathBuf,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.remove(&self.target);
+        }
+    }
+}
+
+fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, NodeError> {
+    if value.is_empty() {
+        Err(NodeError::Missing(field))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Runs blocking filesystem work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| NodeError::io(what)(std::io::Error::other(err)))?
+}
+
+fn read_mounts() -> Result<Vec<MountInfo>, NodeError> {
+    mountinfo::read_self().map_err(NodeError::io(format!(
+        "reading {}",
+        mountinfo::SELF_MOUNTINFO
+    )))
+}
+
+/// Logs the outcome of an RPC (inside its span) and turns errors into a status.
+fn finish<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(response) => {
+            tracing::info!("done");
+            Ok(Response::new(response))
+        }
+        Err(err) => {
+            tracing::warn!(code = ?err.code(), error = %err, "failed");
+            Err(err.into())
+        }
+    }
+}
+
+impl NodeService {
+    pub fn new(config: NodeConfig) -> Self {
+        let helper = Helper::new(config.helper_binary.clone());
+        Self {
+            config: Arc::new(config),
+            helper,
+            in_flight: Arc::default(),
+        }
+    }
+
+    fn claim(&self, target: &Path) -> Result<Claim, NodeError> {
+        let mut set = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !set.insert(target.to_owned()) {
+            return Err(NodeError::Busy(target.to_owned()));
+        }
+        Ok(Claim {
+            in_flight: self.in_flight.clone(),
+            target: target.to_owned(),
+        })
+    }
+
+    async fn resolve_target(&self, field: &'static str, path: &str) -> Result<PathBuf, NodeError> {
+        let (path, roots) = (path.to_owned(), self.config.allowed_target_roots.clone());
+        blocking("resolving target path", move || {
+            Ok(target_path::resolve(field, &path, &roots)?)
+        })
+        .await
+    }
+
+    /// The canonical path of a volume path for lookups in mountinfo (which shows
+    /// canonical mount points); `None` when it cannot be a mount point at all.
+    async fn lookup_path(&self, path: &str) -> Option<PathBuf> {
+        let path = path.to_owned();
+        blocking("resolving volume path", move || {
+            Ok(target_path::canonicalize_parent("volume_path", &path).ok())
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// What to mount for `id`; checks that a local source exists and resolves the NFS
+    /// server's address.
+    async fn mount_spec(
+        &self,
+        id: &VolumeId,
+        volume_context: &HashMap<String, String>,
+        mount_flags: &[String],
+        readonly: bool,
+    ) -> Result<MountSpec, NodeError> {
+        match &self.config.transport {
+            Transport::Local { export_root } => {
+                let source = mount_spec::local_source(export_root, &id.dir);
+                let checked = source.clone();
+                let canonical = blocking("checking the volume directory", move || {
+                    existing_dir(&checked)
+                })
+                .await?;
+                let Some(source) = canonical else {
+                    return Err(NodeError::VolumeMissing {
+                        volume: id.to_string(),
+                        path: source,
+                    });
+                };
+                Ok(mount_spec::local(&source, mount_flags, readonly)?)
+            }
+            Transport::Nfs {
+                default_server,
+                default_share,
+                options,
+            } => {
+                let location = mount_spec::nfs_location(
+                    volume_context,
+                    default_server.as_deref(),
+                    default_share,
+                )?;
+                let addr = match location.server_ip() {
+                    Some(ip) => ip,
+                    None => self.resolve(&location.server).await?,
+                };
+                Ok(mount_spec::nfs(
+                    &location,
+                    addr,
+                    &id.dir,
+                    options,
+                    mount_flags,
+                    readonly,
+                )?)
+            }
+        }
+    }
+
+    async fn resolve(&self, server: &str) -> Result<IpAddr, NodeError> {
+        let err = |reason: String| NodeError::Resolve {
+            server: server.to_owned(),
+            reason,
+        };
+        let lookup = tokio::net::lookup_host((server, 2049));
+        let mut addrs = tokio::time::timeout(self.config.mount_timeout, lookup)
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        addrs
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| err("no addresses".into()))
+    }
+
+    /// Whether `mounted` is a mount of volume `id` (any access mode).
+    ///
+    /// Bind mounts are traced to their source through device and root. For NFS only the
+    /// path's tail `/volumes/<dir>` is compared: the kernel may show the server by name
+    /// or address, and outside publish the share is not known.
+    fn is_mount_of(&self, table: &[MountInfo], mounted: &MountInfo, id: &VolumeId) -> bool {
+        match &self.config.transport {
+            Transport::Local { export_root } => {
+                let source = mount_spec::local_source(export_root, &id.dir);
+                let source = std::fs::canonicalize(&source).unwrap_or(source);
+                mountinfo::origin_of(table, &source)
+                    .is_some_and(|(device, root)| mounted.device == device && mounted.root == root)
+            }
+            Transport::Nfs { .. } => {
+                mounted.is_nfs()
+                    && mount_spec::nfs_source_path(&mounted.source).is_some_and(|path| {
+                        Path::new(path).ends_with(Path::new("volumes").join(&id.dir))
+                    })
+            }
+        }
+    }
+
+    /// The canonical path of a mount of `id` at `path`, or NOT_FOUND.
+    async fn find_mount(&self, id: &VolumeId, path: &str) -> Result<PathBuf, NodeError> {
+        let not_mounted = || NodeError::NotMounted {
+            volume: id.to_string(),
+            path: path.to_owned(),
+        };
+        let canonical = self.lookup_path(path).await.ok_or_else(not_mounted)?;
+        let table = read_mounts()?;
+        match mountinfo::topmost_at(&table, &canonical) {
+            Some(mounted) if self.is_mount_of(&table, mounted, id) => Ok(canonical),
+            _ => Err(not_mounted()),
+        }
+    }
+
+    async fn publish(
+        &self,
+        req: NodePublishVolumeRequest,
+    ) -> Result<NodePublishVolumeResponse, NodeError> {
+        let volume_id = required("volume_id", &req.volume_id)?;
+        let target = required("target_path", &req.target_path)?;
+        let capability = req
+            .volume_capability
+            .as_ref()
+            .ok_or(NodeError::Missing("volume_capability"))?;
+        let mount_flags = match &capability.access_type {
+            Some(AccessType::Mount(mount)) => &mount.mount_flags,
+            Some(AccessType::Block(_)) => return Err(NodeError::BlockAccess),
+            None => return Err(NodeError::NoAccessType),
+        };
+        let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
+        let target = self.resolve_target("target_path", target).await?;
+        let _claim = self.claim(&target)?;
+        let spec = self
+            .mount_spec(&id, &req.volume_context, mount_flags, req.readonly)
+            .await?;
+        if !spec.ignored.is_empty() {
+            tracing::info!(ignored = ?spec.ignored, "mount options without meaning for this transport");
+        }
+
+        // CSI: publishing the same volume to the same target again is OK; anything else
+        // already mounted there is ALREADY_EXISTS.
+        let table = read_mounts()?;
+        if let Some(mounted) = mountinfo::topmost_at(&table, &target) {
+            if !self.is_mount_of(&table, mounted, &id) {
+                return Err(NodeError::MountedDifferently {
+                    target,
+                    detail: format!(
+                        "{} ({}) is mounted there, not {id}",
+                        mounted.source,
+                        mounted.root.display()
+                    ),
+                });
+            }
+            if mounted.read_only() != spec.read_only() {
+                let (is, wanted) = if mounted.read_only() {
+                    ("read-only", "read-write")
+                } else {
+                    ("read-write", "read-only")
+                };
+                return Err(NodeError::MountedDifferently {
+                    target,
+                    detail: format!("{id} is mounted {is}, but {wanted} was asked for"),
+                });
+            }
+            tracing::info!("already published");
+            return Ok(NodePublishVolumeResponse {});
+        }
+
+        let dir = target.clone();
+        let created = blocking("creating the target", move || create_target(&dir)).await?;
+        tracing::info!(source = %spec.source, readonly = spec.read_only(), created, "mounting");
+        if let Err(err) = self
+            .helper
+            .mount(&spec, &target, self.config.mount_timeout)
+            .await
+        {
+            self.roll_back(&target, created).await;
+            return Err(err.into());
+        }
+        Ok(NodePublishVolumeResponse {})
+    }
+
+    /// After a failed mount: undo whatever did get mounted (a mount that completed just
+    /// before its helper was killed) and remove the target if we created it.
+    async fn roll_back(&self, target: &Path, created: bool) {
+        if let Err(err) = self.unmount_all(target).await {
+            tracing::error!(error = %err, "rollback: could not unmount the target");
+            return;
+        }
+        if created && let Err(err) = std::fs::remove_dir(target) {
+            tracing::error!(error = %err, "rollback: could not remove the target we created");
+        }
+    }
+
+    /// Unmounts every mount stacked at `target`.
+    async fn unmount_all(&self, target: &Path) -> Result<(), NodeError> {
+        for _ in 0..MAX_STACKED_MOUNTS {
+            let table = read_mounts()?;
+            let Some(mounted) = mountinfo::topmost_at(&table, target) else {
+                return Ok(());
+            };
+            tracing::info!(source = %mounted.source, "unmounting");
+            self.helper
+                .unmount_with_fallback(target, self.config.mount_timeout)
+                .await?;
+        }
+        match mountinfo::topmost_at(&read_mounts()?, target) {
+            None => Ok(()),
+            Some(_) => Err(NodeError::StillMounted {
+                target: target.to_owned(),
+                attempts: MAX_STACKED_MOUNTS,
+            }),
+        }
+    }
+
+    async fn unpublish(
+        &self,
+        req: NodeUnpublishVolumeRequest,
+    ) -> Result<NodeUnpublishVolumeResponse, NodeError> {
+        required("volume_id", &req.volume_id)?;
+        let target = required("target_path", &req.target_path)?;
+        let target = match self.resolve_target("target_path", target).await {
+            Ok(target) => target,
+            // No parent, so no target: nothing to undo (CSI: unpublish is idempotent).
+            Err(NodeError::TargetPath(err)) if err.parent_missing() => {
+                tracing::info!("target does not exist");
+                return Ok(NodeUnpublishVolumeResponse {});
+            }
+            Err(err) => return Err(err),
+        };
+        let _claim = self.claim(&target)?;
+        self.unmount_all(&target).await?;
+        let dir = target.clone();
+        blocking("removing the target", move || remove_target(&dir)).await?;
+        Ok(NodeUnpublishVolumeResponse {})
+    }
+
+    async fn volume_stats(
+        &self,
+        req: NodeGetVolumeStatsRequest,
+    ) -> Result<NodeGetVolumeStatsResponse, NodeError> {
+        let volume_id = required("volume_id", &req.volume_id)?;
+        let path = required("volume_path", &req.volume_path)?;
+        let id = VolumeId::parse(volume_id, &self.config.cluster_id)
+            .map_err(NodeError::UnknownVolume)?;
+        let path = self.find_mount(&id, path).await?;
+        let timeout = self.config.stats_timeout;
+        let (usage, condition) = match self.helper.statfs(&path, timeout).await {
+            Ok(fs) => (stats::usage_of(&fs), stats::healthy()),
+            Err(err) => match stats::condition_of_failure(&err, timeout) {
+                Some(condition) => {
+                    tracing::warn!(message = %condition.message, error = %err, "volume abnormal");
+                    (Vec::new(), condition)
+                }
+                None => return Err(err.into()),
+            },
+        };
+        Ok(NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(condition),
+        })
+    }
+
+    async fn expand(
+        &self,
+        req: NodeExpandVolumeRequest,
+    ) -> Result<NodeExpandVolumeResponse, NodeError> {
+        let volume_id = required("volume_id", &req.volume_id)?;
+        let path = required("volume_path", &req.volume_path)?;
+        if let Some(VolumeCapability {
+            access_type: Some(AccessType::Block(_)),
+            ..
+        }) = req.volume_capability
+        {
+            return Err(NodeError::BlockAccess);
+        }
+        let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
+        self.find_mount(&id, path).await?;
+        // An NFS directory grows with its quota on the server; nothing to do here.
+        Ok(NodeExpandVolumeResponse {
+            capacity_bytes: req.capacity_range.map(|r| r.required_bytes).unwrap_or(0),
+        })
+    }
+}
+
+/// The canonical path of `path` if it is an existing directory.
+fn existing_dir(path: &Path) -> Result<Option<PathBuf>, NodeError> {
+    match std::fs::canonicalize(path) {
+        Ok(canonical) if canonical.is_dir() => Ok(Some(canonical)),
+        Ok(_) => Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(NodeError::io(format!("checking {}", path.display()))(err)),
+    }
+}
+
+/// Creates the target directory unless it is one already (CSI: the SP creates the
+/// target). Returns whether it was created. A symlink is refused: mount(2) would follow
+/// it out of the allowed roots.
+fn create_target(target: &Path) -> Result<bool, NodeError> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => Ok(false),
+        Ok(_) => Err(NodeError::TargetNotDirectory(target.to_owned())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::DirBuilder::new().mode(0o750).create(target) {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    create_target(target)
+                }
+                Err(err) => Err(NodeError::io(format!("creating {}", target.display()))(err)),
+            }
+        }
+        Err(err) => Err(NodeError::io(format!("inspecting {}", target.display()))(
+            err,
+        )),
+    }
+}
+
+/// Removes the (unmounted) target directory; a missing one is fine.
+fn remove_target(target: &Path) -> Result<(), NodeError> {
+    match std::fs::symlink_metadata(target) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(NodeError::io(format!("inspecting {}", target.display()))(
+            err,
+        )),
+        Ok(meta) if !meta.is_dir() => Err(NodeError::TargetNotDirectory(target.to_owned())),
+        Ok(_) => match std::fs::remove_dir(target) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                Err(NodeError::TargetNotEmpty(target.to_owned()))
+            }
+            Err(err) => Err(NodeError::io(format!("removing {}", target.display()))(err)),
+        },
+    }
+}
+
+fn capability(kind: rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(Type::Rpc(Rpc {
+            r#type: kind as i32,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "NodePublishVolume",
+            volume_id = %req.volume_id,
+            target = %req.target_path,
+            readonly = req.readonly
+        );
+        async move { finish(self.publish(req).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "NodeUnpublishVolume",
+            volume_id = %req.volume_id,
+            target = %req.target_path
+        );
+        async move { finish(self.unpublish(req).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::debug_span!(
+            "NodeGetVolumeStats",
+            volume_id = %req.volume_id,
+            target = %req.volume_path
+        );
+        async move {
+            // Kubelet asks every minute per volume: success is not worth an info line.
+            let result = self.volume_stats(req).await;
+            if let Err(err) = &result {
+                tracing::warn!(code = ?err.code(), error = %err, "failed");
+            }
+            result.map(Response::new).map_err(Status::from)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn node_expand_volume(
+        &self,
+        request: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "NodeExpandVolume",
+            volume_id = %req.volume_id,
+            target = %req.volume_path
+        );
+        async move { finish(self.expand(req).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        // No STAGE_UNSTAGE_VOLUME: an NFS directory has nothing to stage. EXPAND_VOLUME is
+        // a no-op here, advertised so kubelet and csi-sanity can call it.
+        let capabilities = [
+            rpc::Type::GetVolumeStats,
+            rpc::Type::VolumeCondition,
+            rpc::Type::SingleNodeMultiWriter,
+            rpc::Type::ExpandVolume,
+        ]
+        .into_iter()
+        .map(capability)
+        .collect();
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.config.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}

@@ -1,0 +1,623 @@
+//! The node service over real gRPC on a unix socket, with real bind mounts in a tempdir
+//! (local transport). Needs root. Every fixture lazily unmounts everything below its
+//! tempdir when dropped, also when a test fails, so no mount outlives a test.
+
+// Test helpers, not only #[test] fns, panic on unexpected failures.
+#![allow(clippy::unwrap_used)]
+
+use hanfs_common::endpoint::{Endpoint, Listener, connect_lazy};
+use hanfs_common::ids::ClusterId;
+use hanfs_node::{NodeConfig, Transport, mountinfo};
+use hanfs_proto::csi::v1::identity_client::IdentityClient;
+use hanfs_proto::csi::v1::node_client::NodeClient;
+use hanfs_proto::csi::v1::volume_capability::{
+    AccessMode, AccessType, BlockVolume, MountVolume, access_mode,
+};
+use hanfs_proto::csi::v1::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Lazily unmounts every mount at or below its directory, deepest first.
+struct UnmountGuard(PathBuf);
+
+impl Drop for UnmountGuard {
+    fn drop(&mut self) {
+        for _ in 0..64 {
+            let Ok(table) = mountinfo::read_self() else {
+                return;
+            };
+            let below = mountinfo::mounts_below(&table, &self.0);
+            let Some(deepest) = below.first() else { return };
+            if let Err(err) = nix::mount::umount2(deepest, nix::mount::MntFlags::MNT_DETACH) {
+                eprintln!("cleanup: unmounting {}: {err}", deepest.display());
+                return;
+            }
+        }
+    }
+}
+
+struct Fixture {
+    node: NodeClient<Channel>,
+    identity: IdentityClient<Channel>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Canonical tempdir path.
+    root: PathBuf,
+    /// Declared before `_dir`, so mounts go before the directory is removed.
+    _unmount: UnmountGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        Self::with(|_, _| {}).await
+    }
+
+    /// A fixture whose config `tweak` may change; it gets the canonical tempdir path.
+    async fn with(tweak: impl FnOnce(&Path, &mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let unmount = UnmountGuard(root.clone());
+        std::fs::create_dir_all(root.join("export/volumes")).unwrap();
+        std::fs::create_dir_all(root.join("pods")).unwrap();
+        let mut config = NodeConfig {
+            driver_name: "hanfs.csi.io".into(),
+            node_id: "node-a".into(),
+            cluster_id: ClusterId::parse("test").unwrap(),
+            transport: Transport::Local {
+                export_root: root.join("export"),
+            },
+            allowed_target_roots: vec![root.join("pods")],
+            mount_timeout: Duration::from_secs(20),
+            stats_timeout: Duration::from_secs(10),
+            helper_binary: PathBuf::from(env!("CARGO_BIN_EXE_hanfs-node")),
+        };
+        tweak(&root, &mut config);
+        let endpoint = Endpoint::Unix(root.join("csi.sock"));
+        let listener = Listener::bind(&endpoint).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(hanfs_node::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        let channel = connect_lazy(&endpoint).unwrap();
+        Fixture {
+            node: NodeClient::new(channel.clone()),
+            identity: IdentityClient::new(channel),
+            shutdown: Some(tx),
+            root,
+            _unmount: unmount,
+            _dir: dir,
+        }
+    }
+
+    /// Creates `<export>/volumes/<name>` and returns its id.
+    fn volume(&self, name: &str) -> String {
+        std::fs::create_dir(self.volume_dir(name)).unwrap();
+        format!("v1/test/{name}")
+    }
+
+    fn volume_dir(&self, name: &str) -> PathBuf {
+        self.root.join("export/volumes").join(name)
+    }
+
+    fn target(&self, name: &str) -> PathBuf {
+        self.root.join("pods").join(name)
+    }
+
+    async fn publish(
+        &mut self,
+        id: &str,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<(), tonic::Status> {
+        let req = publish_request(id, &target.to_string_lossy(), readonly);
+        self.node.node_publish_volume(req).await.map(drop)
+    }
+
+    async fn unpublish(&mut self, id: &str, target: &Path) -> Result<(), tonic::Status> {
+        let req = NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.to_string_lossy().into_owned(),
+        };
+        self.node.node_unpublish_volume(req).await.map(drop)
+    }
+
+    async fn stats(
+        &mut self,
+        id: &str,
+        path: &str,
+    ) -> Result<NodeGetVolumeStatsResponse, tonic::Status> {
+        let req = NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            staging_target_path: String::new(),
+        };
+        self.node
+            .node_get_volume_stats(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    fn mounts_at(&self, target: &Path) -> usize {
+        mountinfo::mounts_at(&mountinfo::read_self().unwrap(), target).len()
+    }
+}
+
+fn mount_capability() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn publish_request(id: &str, target: &str, readonly: bool) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+        volume_capability: Some(mount_capability()),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code) -> String {
+    match result {
+        Err(status) if status.code() == code => status.message().to_owned(),
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publish_write_stats_unpublish() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    let target = f.target("pod-a");
+    f.publish(&id, &target, false).await.unwrap();
+    assert_eq!(f.mounts_at(&target), 1);
+
+    std::fs::write(target.join("hello"), "through the mount").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.volume_dir("pvc-1").join("hello")).unwrap(),
+        "through the mount"
+    );
+
+    let stats = f.stats(&id, &target.to_string_lossy()).await.unwrap();
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
+        .unwrap();
+    assert!(
+        bytes.total > 0 && bytes.available > 0 && bytes.used > 0,
+        "{bytes:?}"
+    );
+    let inodes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == volume_usage::Unit::Inodes as i32)
+        .unwrap();
+    assert!(inodes.total > 0, "{inodes:?}");
+    assert!(!stats.volume_condition.unwrap().abnormal);
+
+    let mut expand = NodeExpandVolumeRequest {
+        volume_id: id.clone(),
+        volume_path: target.to_string_lossy().into_owned(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 5 << 30,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let expanded = f
+        .node
+        .node_expand_volume(expand.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 5 << 30);
+
+    f.unpublish(&id, &target).await.unwrap();
+    assert_eq!(f.mounts_at(&target), 0);
+    assert!(!target.exists(), "unpublish removes the target it created");
+    f.unpublish(&id, &target)
+        .await
+        .expect("unpublish twice is OK");
+    assert!(
+        f.volume_dir("pvc-1").join("hello").exists(),
+        "the data stays in the volume"
+    );
+
+    expand.volume_path = target.to_string_lossy().into_owned();
+    assert_code(f.node.node_expand_volume(expand).await, Code::NotFound);
+}
+
+#[tokio::test]
+async fn publish_is_idempotent_and_conflicts_are_already_exists() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    let other = f.volume("pvc-2");
+    let target = f.target("pod-a");
+    f.publish(&id, &target, false).await.unwrap();
+    f.publish(&id, &target, false)
+        .await
+        .expect("same publish again is OK");
+    assert_eq!(f.mounts_at(&target), 1, "no second mount stacked");
+
+    let msg = assert_code(f.publish(&id, &target, true).await, Code::AlreadyExists);
+    assert!(msg.contains("read-write"), "{msg}");
+    let msg = assert_code(f.publish(&other, &target, false).await, Code::AlreadyExists);
+    assert!(
+        msg.contains("pvc-1") || msg.contains("not v1/test/pvc-2"),
+        "{msg}"
+    );
+    assert_eq!(f.mounts_at(&target), 1);
+}
+
+#[tokio::test]
+async fn readonly_publish_rejects_writes() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-ro");
+    std::fs::write(f.volume_dir("pvc-ro").join("data"), "old").unwrap();
+    let target = f.target("pod-ro");
+    f.publish(&id, &target, true).await.unwrap();
+
+    assert_eq!(std::fs::read_to_string(target.join("data")).unwrap(), "old");
+    let err = std::fs::write(target.join("new"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // Only the bind mount is read-only, not the volume.
+    std::fs::write(f.volume_dir("pvc-ro").join("still-writable"), "x").unwrap();
+
+    f.publish(&id, &target, true)
+        .await
+        .expect("same readonly publish again is OK");
+    assert_code(f.publish(&id, &target, false).await, Code::AlreadyExists);
+    f.unpublish(&id, &target).await.unwrap();
+    assert!(!target.exists());
+}
+
+#[tokio::test]
+async fn targets_outside_the_roots_are_invalid_and_nothing_is_created() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    let etc_target = PathBuf::from(format!("/etc/hanfs-test-{}", std::process::id()));
+    let msg = assert_code(
+        f.publish(&id, &etc_target, false).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        msg.contains(&f.root.join("pods").display().to_string()),
+        "names the roots: {msg}"
+    );
+    assert!(!etc_target.exists());
+
+    let dotdot = format!("{}/pods/../escape", f.root.display());
+    let req = publish_request(&id, &dotdot, false);
+    assert_code(f.node.node_publish_volume(req).await, Code::InvalidArgument);
+    assert!(!f.root.join("escape").exists());
+
+    let req = publish_request(&id, "pods/relative", false);
+    assert_code(f.node.node_publish_volume(req).await, Code::InvalidArgument);
+
+    // A symlink inside the root pointing out of it.
+    std::os::unix::fs::symlink(f.root.join("export"), f.root.join("pods/link")).unwrap();
+    let escaped = f.root.join("pods/link/volumes/x");
+    assert_code(f.publish(&id, &escaped, false).await, Code::InvalidArgument);
+    assert!(!f.root.join("export/volumes/x").exists());
+
+    // The unpublish side checks the same.
+    assert_code(f.unpublish(&id, &etc_target).await, Code::InvalidArgument);
+    assert_eq!(
+        mountinfo::mounts_below(&mountinfo::read_self().unwrap(), &f.root).len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_target_that_is_a_symlink_is_refused() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    std::fs::create_dir(f.root.join("pods/real")).unwrap();
+    let link = f.target("link");
+    std::os::unix::fs::symlink(f.root.join("pods/real"), &link).unwrap();
+    assert_code(f.publish(&id, &link, false).await, Code::InvalidArgument);
+    assert_eq!(f.mounts_at(&f.root.join("pods/real")), 0);
+}
+
+#[tokio::test]
+async fn missing_and_foreign_volumes_are_not_found_and_leave_no_target() {
+    let mut f = Fixture::new().await;
+    let target = f.target("pod-a");
+    let msg = assert_code(
+        f.publish("v1/test/pvc-missing", &target, false).await,
+        Code::NotFound,
+    );
+    assert!(msg.contains("pvc-missing"), "{msg}");
+    assert!(!target.exists());
+    assert_code(
+        f.publish("v1/other-cluster/pvc-1", &target, false).await,
+        Code::NotFound,
+    );
+    assert_code(f.publish("not-ours", &target, false).await, Code::NotFound);
+    assert_code(
+        f.publish("v1/test/..", &target, false).await,
+        Code::InvalidArgument,
+    );
+    assert!(!target.exists());
+}
+
+#[tokio::test]
+async fn required_fields_and_block_access_are_invalid_arguments() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    let target = f.target("pod-a").to_string_lossy().into_owned();
+
+    let msg = assert_code(
+        f.node
+            .node_publish_volume(publish_request("", &target, false))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("volume_id"), "{msg}");
+    let msg = assert_code(
+        f.node
+            .node_publish_volume(publish_request(&id, "", false))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("target_path"), "{msg}");
+    let mut req = publish_request(&id, &target, false);
+    req.volume_capability = None;
+    let msg = assert_code(f.node.node_publish_volume(req).await, Code::InvalidArgument);
+    assert!(msg.contains("volume_capability"), "{msg}");
+    let mut req = publish_request(&id, &target, false);
+    req.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode {
+            mode: access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    });
+    let msg = assert_code(f.node.node_publish_volume(req).await, Code::InvalidArgument);
+    assert!(msg.contains("volumeMode: Filesystem"), "{msg}");
+    let mut req = publish_request(&id, &target, false);
+    req.volume_capability = Some(VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            mount_flags: vec!["ro,remount".into()],
+            ..Default::default()
+        })),
+        access_mode: None,
+    });
+    assert_code(f.node.node_publish_volume(req).await, Code::InvalidArgument);
+    assert!(!Path::new(&target).exists());
+
+    assert_code(
+        f.unpublish("", Path::new(&target)).await,
+        Code::InvalidArgument,
+    );
+    assert_code(f.unpublish(&id, Path::new("")).await, Code::InvalidArgument);
+    assert_code(f.stats("", &target).await, Code::InvalidArgument);
+    assert_code(f.stats(&id, "").await, Code::InvalidArgument);
+    let expand = NodeExpandVolumeRequest {
+        volume_id: id.clone(),
+        ..Default::default()
+    };
+    assert_code(
+        f.node.node_expand_volume(expand).await,
+        Code::InvalidArgument,
+    );
+    let expand = NodeExpandVolumeRequest {
+        volume_path: target.clone(),
+        ..Default::default()
+    };
+    assert_code(
+        f.node.node_expand_volume(expand).await,
+        Code::InvalidArgument,
+    );
+}
+
+#[tokio::test]
+async fn stats_of_anything_but_a_mount_of_the_volume_is_not_found() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    let other = f.volume("pvc-2");
+    let plain = f.target("plain-dir");
+    std::fs::create_dir(&plain).unwrap();
+    assert_code(f.stats(&id, &plain.to_string_lossy()).await, Code::NotFound);
+    assert_code(f.stats(&id, "/path/does/not/exist").await, Code::NotFound);
+    assert_code(f.stats(&id, "some/path").await, Code::NotFound);
+    assert_code(
+        f.stats("fake-vol-id", &plain.to_string_lossy()).await,
+        Code::NotFound,
+    );
+
+    let target = f.target("pod-a");
+    f.publish(&id, &target, false).await.unwrap();
+    assert_code(
+        f.stats(&other, &target.to_string_lossy()).await,
+        Code::NotFound,
+    );
+    assert_code(
+        f.stats("v1/elsewhere/pvc-1", &target.to_string_lossy())
+            .await,
+        Code::NotFound,
+    );
+}
+
+#[tokio::test]
+async fn unpublish_removes_stacked_mounts_and_plain_targets() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-1");
+    let target = f.target("pod-a");
+    f.publish(&id, &target, false).await.unwrap();
+    // Something else stacked on top (e.g. left by a crashed earlier attempt).
+    let extra = f.root.join("extra");
+    std::fs::create_dir(&extra).unwrap();
+    nix::mount::mount(
+        Some(&extra),
+        &target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    assert_eq!(f.mounts_at(&target), 2);
+    f.unpublish(&id, &target).await.unwrap();
+    assert_eq!(f.mounts_at(&target), 0);
+    assert!(!target.exists());
+
+    // A target directory with nothing mounted (kubelet made it, the mount never came).
+    std::fs::create_dir(&target).unwrap();
+    f.unpublish(&id, &target).await.unwrap();
+    assert!(!target.exists());
+    // A target whose parent is gone too.
+    f.unpublish(&id, &f.root.join("pods/gone/mount"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn identity_and_node_info() {
+    let mut f = Fixture::new().await;
+    let info = f
+        .identity
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "hanfs.csi.io");
+    let probe = f
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+    let caps = f
+        .identity
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap();
+    // The plugin as a whole has a controller; the node socket says so too.
+    assert_eq!(caps.into_inner().capabilities.len(), 2);
+
+    let info = f
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.node_id.as_str(), info.max_volumes_per_node),
+        ("node-a", 0)
+    );
+    let caps = f
+        .node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<i32> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| {
+            c.r#type
+                .map(|node_service_capability::Type::Rpc(rpc)| rpc.r#type)
+        })
+        .collect();
+    use node_service_capability::rpc::Type;
+    for want in [
+        Type::GetVolumeStats,
+        Type::VolumeCondition,
+        Type::SingleNodeMultiWriter,
+        Type::ExpandVolume,
+    ] {
+        assert!(kinds.contains(&(want as i32)), "{want:?} missing");
+    }
+    assert!(!kinds.contains(&(Type::StageUnstageVolume as i32)));
+    let stage = NodeStageVolumeRequest::default();
+    assert_code(f.node.node_stage_volume(stage).await, Code::Unimplemented);
+
+    std::fs::remove_dir_all(f.root.join("export")).unwrap();
+    assert_code(
+        f.identity.probe(ProbeRequest {}).await,
+        Code::FailedPrecondition,
+    );
+}
+
+/// A helper that runs the real one, except that `hang` (`mount` or `statfs`) never
+/// returns, as on a dead NFS server.
+fn hanging_helper(root: &Path, hang: &str) -> PathBuf {
+    let script = root.join(format!("hang-{hang}.sh"));
+    let source = root.join(format!("hang-{hang}.src"));
+    let real = env!("CARGO_BIN_EXE_hanfs-node");
+    std::fs::write(
+        &source,
+        format!("#!/bin/sh\n[ \"$2\" = {hang} ] && exec sleep 30\nexec {real} \"$@\"\n"),
+    )
+    .unwrap();
+    // Written by another process: a file this multi-threaded test process had open for
+    // writing could leak into a concurrently forked child and make exec fail (ETXTBSY).
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&source)
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    script
+}
+
+#[tokio::test]
+async fn a_hung_mount_is_killed_reported_and_leaves_no_target() {
+    let mut f = Fixture::with(|root, config| {
+        config.helper_binary = hanging_helper(root, "mount");
+        config.mount_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let id = f.volume("pvc-1");
+    let target = f.target("pod-a");
+    let started = std::time::Instant::now();
+    let msg = assert_code(f.publish(&id, &target, false).await, Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(msg.contains("killed"), "{msg}");
+    assert!(!target.exists(), "the target we created is removed again");
+    assert_eq!(f.mounts_at(&target), 0);
+}
+
+#[tokio::test]
+async fn a_hung_statfs_is_an_abnormal_condition_not_an_error() {
+    let mut f = Fixture::with(|root, config| {
+        config.helper_binary = hanging_helper(root, "statfs");
+        config.stats_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let id = f.volume("pvc-1");
+    let target = f.target("pod-a");
+    f.publish(&id, &target, false).await.unwrap();
+    let started = std::time::Instant::now();
+    let stats = f.stats(&id, &target.to_string_lossy()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let condition = stats.volume_condition.unwrap();
+    assert!(condition.abnormal);
+    assert_eq!(condition.message, "NFS server not responding within 300ms");
+    assert!(stats.usage.is_empty());
+    f.unpublish(&id, &target).await.unwrap();
+}
