@@ -1,0 +1,15 @@
+//! `hanfs-controller`: the CSI Identity and Controller services.
+//!
+//! Stateless: every volume id names its directory (`v1/<cluster>/<dir>`), and all state
+//! lives on the storage servers behind the backend volume API.
+//!
+//! - [`params`]: StorageClass / VolumeSnapshotClass / VolumeAttributesClass parameters
+//!   (a superset of csi-driver-nfs's), parsed and validated without I/O.
+//! - [`capabilities`]: which volume capabilities hanfs serves, checked without I/O.
+//! - [`service`]: the Controller service: CSI semantics over backend calls.
+//! - [`backend`]: the authenticated client of the backend volume API.
+
+pub mod backend;
+pub mod capabilities;
+pub mod params;
+pub mod service;
