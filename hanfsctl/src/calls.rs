@@ -1,0 +1,369 @@
+//! One subcommand, one CSI (or backend) call: what Kubernetes would send, typed by hand.
+
+use crate::local::Sockets;
+use crate::size;
+use clap::Subcommand;
+use hanfs_common::endpoint::{Endpoint, connect_lazy};
+use hanfs_proto::backend::v1 as be;
+use hanfs_proto::csi::v1 as csi;
+use hanfs_proto::csi::v1::controller_client::ControllerClient;
+use hanfs_proto::csi::v1::node_client::NodeClient;
+use std::collections::HashMap;
+use std::path::Path;
+use tonic::transport::Channel;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (a PVC's CreateVolume).
+    Create {
+        name: String,
+        /// Size, e.g. 1Gi.
+        #[arg(long, default_value = "1Gi")]
+        size: String,
+        /// Restore from this snapshot id.
+        #[arg(long, conflicts_with = "from_volume")]
+        from_snapshot: Option<String>,
+        /// Clone this volume id.
+        #[arg(long)]
+        from_volume: Option<String>,
+        /// StorageClass parameter, key=value (repeatable).
+        #[arg(long = "param", value_parser = key_value)]
+        params: Vec<(String, String)>,
+    },
+    Delete {
+        volume_id: String,
+    },
+    List,
+    Get {
+        volume_id: String,
+    },
+    Expand {
+        volume_id: String,
+        #[arg(long)]
+        size: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        volume: String,
+    },
+    Delete {
+        snapshot_id: String,
+    },
+    List,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+fn channel(endpoint: &Endpoint) -> Result<Channel, Error> {
+    Ok(connect_lazy(endpoint)?)
+}
+
+fn described(status: tonic::Status) -> Error {
+    format!("{:?}: {}", status.code(), status.message()).into()
+}
+
+fn capability() -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_type: Some(csi::volume_capability::AccessType::Mount(Default::default())),
+        access_mode: Some(csi::volume_capability::AccessMode {
+            mode: csi::volume_capability::access_mode::Mode::MultiNodeMultiWriter as i32,
+        }),
+    }
+}
+
+fn print_volume(volume: &csi::Volume) {
+    let source = match volume
+        .content_source
+        .as_ref()
+        .and_then(|s| s.r#type.as_ref())
+    {
+        Some(csi::volume_content_source::Type::Snapshot(s)) => {
+            format!("  from snapshot {}", s.snapshot_id)
+        }
+        Some(csi::volume_content_source::Type::Volume(v)) => {
+            format!("  cloned from {}", v.volume_id)
+        }
+        None => String::new(),
+    };
+    println!(
+        "{}  {}{source}",
+        volume.volume_id,
+        size::show(volume.capacity_bytes)
+    );
+}
+
+pub async fn volume(sockets: &Sockets, command: VolumeCommand) -> Result<(), Error> {
+    let mut client = ControllerClient::new(channel(&sockets.controller)?);
+    match command {
+        VolumeCommand::Create {
+            name,
+            size,
+            from_snapshot,
+            from_volume,
+            params,
+        } => {
+            let source = match (from_snapshot, from_volume) {
+                (Some(snapshot_id), _) => Some(csi::volume_content_source::Type::Snapshot(
+                    csi::volume_content_source::SnapshotSource { snapshot_id },
+                )),
+                (_, Some(volume_id)) => Some(csi::volume_content_source::Type::Volume(
+                    csi::volume_content_source::VolumeSource { volume_id },
+                )),
+                _ => None,
+            };
+            let response = client
+                .create_volume(csi::CreateVolumeRequest {
+                    name,
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: size::parse(&size)?,
+                        limit_bytes: 0,
+                    }),
+                    volume_capabilities: vec![capability()],
+                    parameters: params.into_iter().collect::<HashMap<_, _>>(),
+                    volume_content_source: source.map(|r#type| csi::VolumeContentSource {
+                        r#type: Some(r#type),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(described)?
+                .into_inner();
+            if let Some(volume) = response.volume {
+                print_volume(&volume);
+            }
+        }
+        VolumeCommand::Delete { volume_id } => {
+            client
+                .delete_volume(csi::DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(described)?;
+            println!("deleted {volume_id}");
+        }
+        VolumeCommand::List => {
+            let response = client
+                .list_volumes(csi::ListVolumesRequest::default())
+                .await
+                .map_err(described)?
+                .into_inner();
+            for entry in response.entries {
+                if let Some(volume) = entry.volume {
+                    print_volume(&volume);
+                }
+            }
+        }
+        VolumeCommand::Get { volume_id } => {
+            let response = client
+                .controller_get_volume(csi::ControllerGetVolumeRequest { volume_id })
+                .await
+                .map_err(described)?
+                .into_inner();
+            if let Some(volume) = &response.volume {
+                print_volume(volume);
+            }
+            if let Some(condition) = response.status.and_then(|s| s.volume_condition) {
+                println!(
+                    "condition: {} ({})",
+                    if condition.abnormal {
+                        "ABNORMAL"
+                    } else {
+                        "normal"
+                    },
+                    condition.message
+                );
+            }
+        }
+        VolumeCommand::Expand { volume_id, size } => {
+            let response = client
+                .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes: size::parse(&size)?,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(described)?
+                .into_inner();
+            println!("{volume_id}  {}", size::show(response.capacity_bytes));
+        }
+    }
+    Ok(())
+}
+
+pub async fn snapshot(sockets: &Sockets, command: SnapshotCommand) -> Result<(), Error> {
+    let mut client = ControllerClient::new(channel(&sockets.controller)?);
+    let print = |s: &csi::Snapshot| {
+        println!(
+            "{}  of {}  {}",
+            s.snapshot_id,
+            s.source_volume_id,
+            size::show(s.size_bytes)
+        )
+    };
+    match command {
+        SnapshotCommand::Create { name, volume } => {
+            let response = client
+                .create_snapshot(csi::CreateSnapshotRequest {
+                    name,
+                    source_volume_id: volume,
+                    ..Default::default()
+                })
+                .await
+                .map_err(described)?
+                .into_inner();
+            if let Some(snapshot) = &response.snapshot {
+                print(snapshot);
+            }
+        }
+        SnapshotCommand::Delete { snapshot_id } => {
+            client
+                .delete_snapshot(csi::DeleteSnapshotRequest {
+                    snapshot_id: snapshot_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(described)?;
+            println!("deleted {snapshot_id}");
+        }
+        SnapshotCommand::List => {
+            let response = client
+                .list_snapshots(csi::ListSnapshotsRequest::default())
+                .await
+                .map_err(described)?
+                .into_inner();
+            for snapshot in response.entries.iter().filter_map(|e| e.snapshot.as_ref()) {
+                print(snapshot);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn publish(
+    sockets: &Sockets,
+    volume_id: &str,
+    target: &Path,
+    readonly: bool,
+) -> Result<(), Error> {
+    let mut node = NodeClient::new(channel(&sockets.node)?);
+    node.node_publish_volume(csi::NodePublishVolumeRequest {
+        volume_id: volume_id.to_owned(),
+        target_path: absolute(target)?,
+        volume_capability: Some(capability()),
+        readonly,
+        ..Default::default()
+    })
+    .await
+    .map_err(described)?;
+    println!(
+        "{volume_id} mounted on {}{}",
+        target.display(),
+        if readonly { " (read-only)" } else { "" }
+    );
+    Ok(())
+}
+
+pub async fn unpublish(sockets: &Sockets, volume_id: &str, target: &Path) -> Result<(), Error> {
+    let mut node = NodeClient::new(channel(&sockets.node)?);
+    node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+        volume_id: volume_id.to_owned(),
+        target_path: absolute(target)?,
+    })
+    .await
+    .map_err(described)?;
+    println!("{volume_id} unmounted from {}", target.display());
+    Ok(())
+}
+
+pub async fn stats(sockets: &Sockets, volume_id: &str, target: &Path) -> Result<(), Error> {
+    let mut node = NodeClient::new(channel(&sockets.node)?);
+    let response = node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume_id.to_owned(),
+            volume_path: absolute(target)?,
+            staging_target_path: String::new(),
+        })
+        .await
+        .map_err(described)?
+        .into_inner();
+    for usage in &response.usage {
+        let unit = if usage.unit == csi::volume_usage::Unit::Inodes as i32 {
+            "inodes"
+        } else {
+            "bytes"
+        };
+        println!(
+            "{unit}: total {} used {} available {}",
+            usage.total, usage.used, usage.available
+        );
+    }
+    if let Some(condition) = response.volume_condition {
+        println!(
+            "condition: {} ({})",
+            if condition.abnormal {
+                "ABNORMAL"
+            } else {
+                "normal"
+            },
+            condition.message
+        );
+    }
+    Ok(())
+}
+
+pub async fn status(sockets: &Sockets) -> Result<(), Error> {
+    let mut backend = be::volumes_client::VolumesClient::new(channel(&sockets.backend)?);
+    let status = backend
+        .status(be::StatusRequest {})
+        .await
+        .map_err(described)?
+        .into_inner();
+    let capacity = backend
+        .get_capacity(be::GetCapacityRequest {})
+        .await
+        .map_err(described)?
+        .into_inner();
+    println!("export:     {} ({})", status.export_root, status.filesystem);
+    println!(
+        "volumes:    {}   snapshots: {}",
+        status.volume_count, status.snapshot_count
+    );
+    println!("quota:      {}", status.quota_detail);
+    println!("reflink:    {}", status.reflink_detail);
+    println!(
+        "capacity:   {} total, {} free, {} promised, {} available ({:?} policy)",
+        size::show(capacity.total_bytes),
+        size::show(capacity.free_bytes),
+        size::show(capacity.promised_bytes),
+        size::show(capacity.available_bytes),
+        be::CapacityPolicy::try_from(capacity.policy).unwrap_or_default()
+    );
+    println!("version:    {}", status.version);
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<String, Error> {
+    let path = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "target path is not UTF-8".into())
+}

@@ -1,0 +1,100 @@
+//! `hanfsctl`: runs hanfs in local mode and drives it the way Kubernetes would, through
+//! the CSI sockets (and the backend API for status).
+//!
+//! - `local up`: starts hanfs-backend, hanfs-controller and hanfs-node on one machine
+//!   (no Kubernetes, no DRBD) and keeps them running until Ctrl-C.
+//! - `volume`, `snapshot`, `publish`, `unpublish`, `stats`, `status`: one CSI call each.
+
+mod calls;
+mod local;
+mod size;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "hanfsctl", version, about = "hanfs admin CLI")]
+struct Cli {
+    /// The local-mode state directory: export, sockets, mount targets.
+    #[arg(
+        long,
+        global = true,
+        env = "HANFS_LOCAL_DIR",
+        default_value = "/tmp/hanfs-local"
+    )]
+    dir: PathBuf,
+    /// The cluster id local mode runs with.
+    #[arg(long, global = true, env = "HANFS_CLUSTER_ID", default_value = "local")]
+    cluster_id: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Local mode: run backend, controller and node plugin on this machine.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+    /// Create, inspect, expand and delete volumes (CSI Controller calls).
+    Volume {
+        #[command(subcommand)]
+        command: calls::VolumeCommand,
+    },
+    /// Create, list and delete snapshots.
+    Snapshot {
+        #[command(subcommand)]
+        command: calls::SnapshotCommand,
+    },
+    /// Mount a volume on a directory (CSI NodePublishVolume).
+    Publish {
+        volume_id: String,
+        target: PathBuf,
+        #[arg(long)]
+        readonly: bool,
+    },
+    /// Unmount it again (CSI NodeUnpublishVolume).
+    Unpublish { volume_id: String, target: PathBuf },
+    /// Usage and health of a mounted volume (CSI NodeGetVolumeStats).
+    Stats { volume_id: String, target: PathBuf },
+    /// Backend state: filesystem, quota and reflink support, capacity, counts.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum LocalCommand {
+    /// Start everything and wait for Ctrl-C.
+    Up {
+        /// Directory with the hanfs binaries (default: next to hanfsctl).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let sockets = local::Sockets::under(&cli.dir);
+    let result = match cli.command {
+        Command::Local {
+            command: LocalCommand::Up { bin_dir },
+        } => local::up(&cli.dir, &cli.cluster_id, bin_dir).await,
+        Command::Volume { command } => calls::volume(&sockets, command).await,
+        Command::Snapshot { command } => calls::snapshot(&sockets, command).await,
+        Command::Publish {
+            volume_id,
+            target,
+            readonly,
+        } => calls::publish(&sockets, &volume_id, &target, readonly).await,
+        Command::Unpublish { volume_id, target } => {
+            calls::unpublish(&sockets, &volume_id, &target).await
+        }
+        Command::Stats { volume_id, target } => calls::stats(&sockets, &volume_id, &target).await,
+        Command::Status => calls::status(&sockets).await,
+    };
+    if let Err(error) = result {
+        eprintln!("hanfsctl: {error}");
+        std::process::exit(1);
+    }
+}
