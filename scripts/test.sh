@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every hanfs test: unit and integration tests (real bind mounts, a real
+# loop-mounted XFS, real gRPC over unix sockets) and the upstream csi-sanity against
+# local mode. Needs root (mounts), Go (csi.proto and csi-sanity come from the Go
+# module proxy), Rust, and mkfs.xfs (xfsprogs). `.ci/run` installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log=$(mktemp /tmp/hanfs-test.XXXXXX.log)
+trap 'rm -f "$log"' EXIT
+
+echo "== build"
+cargo build --bins
+
+echo "== cargo test (unit + integration)"
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+cargo_rc=${PIPESTATUS[0]}
+set -e
+cargo_passed=$(grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+cargo_failed=$(grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+if [ "$cargo_rc" -ne 0 ]; then
+    echo "cargo test failed (exit $cargo_rc)"
+    echo "cargo: $cargo_passed passed, $cargo_failed failed"
+    exit 1
+fi
+
+echo "== csi-sanity against local mode"
+set +e
+csi-sanity/run.sh target/debug 2>&1 | tee "$log"
+sanity_rc=${PIPESTATUS[0]}
+set -e
+sanity_line=$(grep -E "^csi-sanity: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1)
+sanity_passed=$(echo "$sanity_line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
+sanity_failed=$(echo "$sanity_line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+if [ "$sanity_rc" -ne 0 ] || [ -z "$sanity_line" ]; then
+    echo "csi-sanity failed (exit $sanity_rc)"
+    echo "all: $cargo_passed passed, $((cargo_failed + ${sanity_failed:-1})) failed"
+    exit 1
+fi
+
+echo "== summary"
+echo "cargo tests: $cargo_passed passed; csi-sanity specs: $sanity_passed passed (no spec skipped by our flags)"
+echo "all: $((cargo_passed + sanity_passed)) passed, $((cargo_failed + sanity_failed)) failed"
