@@ -10,4 +10,6 @@
 //! The HA role manager (DRBD, nfsd, VIP, Lease) joins as `ha/` and `drivers/`.
 
 pub mod api;
+pub mod drivers;
+pub mod ha;
 pub mod volumes;
