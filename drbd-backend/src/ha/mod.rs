@@ -4,3 +4,6 @@
 //! - [`sim`]: a two-node world (lease store, DRBD replication, partitions, crashes,
 //!   slow and failing actions) that drives `decide` and checks the safety rules; used
 //!   by the property tests.
+
+pub mod decide;
+pub mod sim;

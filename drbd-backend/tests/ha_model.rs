@@ -1,0 +1,96 @@
+//! Property tests of the HA decision core in the simulated two-node world (`ha::sim`):
+//! random fault sequences (crashes, partitions, API outages, slow/failing/hanging
+//! steps, switchovers, stack failures, hand edits of the Lease, agent restarts) with
+//! the safety rules checked after every 100 ms step, then liveness: once everything is
+//! healed, exactly one node serves.
+//!
+//! A plain binary (harness = false) so it always prints how much it checked.
+
+use hanfs_backend::ha::sim::{Fault, Stats, run_scenario};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use std::cell::RefCell;
+
+fn fault() -> impl Strategy<Value = Fault> {
+    let node = 0usize..2;
+    prop_oneof![
+        node.clone().prop_map(Fault::Crash),
+        node.clone().prop_map(Fault::Restart),
+        node.clone().prop_map(Fault::AgentRestart),
+        node.clone().prop_map(Fault::CutApi),
+        node.clone().prop_map(Fault::HealApi),
+        Just(Fault::CutLink),
+        Just(Fault::HealLink),
+        node.clone().prop_map(Fault::Switchover),
+        node.clone().prop_map(Fault::KillNfsd),
+        (node.clone(), any::<bool>()).prop_map(|(i, on)| Fault::Slow(i, on)),
+        (node.clone(), 0u8..50).prop_map(|(i, p)| Fault::Failing(i, p)),
+        (node.clone(), any::<bool>()).prop_map(|(i, on)| Fault::HangUnmount(i, on)),
+        Just(Fault::TouchLease),
+        proptest::option::of(node).prop_map(Fault::SetHolder),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = (u64, u64, Vec<(u16, Fault)>)> {
+    (
+        any::<u64>(),
+        prop_oneof![Just(6_000u64), Just(9_000), Just(15_000)],
+        proptest::collection::vec((0u16..80, fault()), 1..40),
+    )
+}
+
+fn main() {
+    let cases: u32 = std::env::var("HANFS_HA_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let totals = RefCell::new((0u64, Stats::default()));
+    let result = runner.run(&scenario(), |(seed, lease, events)| {
+        let world = run_scenario(seed, lease, &events, false);
+        let mut t = totals.borrow_mut();
+        t.0 += 1;
+        let s = &mut t.1;
+        s.steps += world.stats.steps;
+        s.promotions += world.stats.promotions;
+        s.last_resorts += world.stats.last_resorts;
+        s.fences += world.stats.fences;
+        s.acknowledged_writes += world.stats.acknowledged_writes;
+        s.switchovers_completed += world.stats.switchovers_completed;
+        if let Some(v) = world.violations.first() {
+            return Err(TestCaseError::fail(format!(
+                "safety violated at {} ms: {}",
+                v.at_ms, v.what
+            )));
+        }
+        if !world.served_after_heal || !world.one_serving() {
+            return Err(TestCaseError::fail(
+                "after healing every fault, no single node serves".to_string(),
+            ));
+        }
+        Ok(())
+    });
+    let (scenarios, s) = *totals.borrow();
+    println!(
+        "ha_model: {scenarios} scenarios, {} steps of 100 ms ({:.1} simulated hours), {} promotions, {} fence records, {} last resorts, {} switchovers, {} acknowledged writes",
+        s.steps,
+        s.steps as f64 / 36_000.0,
+        s.promotions,
+        s.fences,
+        s.last_resorts,
+        s.switchovers_completed,
+        s.acknowledged_writes
+    );
+    match result {
+        Ok(()) => println!("ha_model: {cases} passed, 0 failed"),
+        Err(e) => {
+            println!("ha_model: 0 passed, 1 failed");
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
