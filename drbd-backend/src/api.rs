@@ -84,14 +84,60 @@ fn bad_name(error: IdError) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-/// Runs blocking store work on the blocking pool.
+/// Runs blocking store work on the blocking pool, counting it in the API metrics.
 async fn blocking<T: Send + 'static>(
+    method: &'static str,
     work: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work)
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| Status::internal(format!("volume operation panicked: {e}")))?
-        .map_err(to_status)
+        .map_err(|e| Status::internal(format!("volume operation panicked: {e}")))
+        .and_then(|r| r.map_err(to_status));
+    let code = result.as_ref().err().map_or(tonic::Code::Ok, |s| s.code());
+    metrics::record(method, code, started.elapsed());
+    result
+}
+
+/// Request counts and latencies of the volume API, for `/metrics`.
+pub mod metrics {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// (method, gRPC code) → (requests, total seconds).
+    type Calls = BTreeMap<(&'static str, String), (u64, f64)>;
+    static CALLS: Mutex<Calls> = Mutex::new(BTreeMap::new());
+
+    pub fn record(method: &'static str, code: tonic::Code, elapsed: Duration) {
+        let mut calls = CALLS.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = calls
+            .entry((method, format!("{code:?}")))
+            .or_insert((0, 0.0));
+        entry.0 += 1;
+        entry.1 += elapsed.as_secs_f64();
+    }
+
+    pub fn render() -> String {
+        let calls = CALLS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::from(
+            "# HELP hanfs_volume_api_requests_total Volume API requests by method and gRPC code.\n\
+             # TYPE hanfs_volume_api_requests_total counter\n",
+        );
+        for ((method, code), (count, _)) in calls.iter() {
+            out.push_str(&format!(
+                "hanfs_volume_api_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}\n"
+            ));
+        }
+        out.push_str(
+            "# HELP hanfs_volume_api_seconds_total Time spent serving volume API requests.\n\
+             # TYPE hanfs_volume_api_seconds_total counter\n",
+        );
+        for ((method, code), (_, seconds)) in calls.iter() {
+            out.push_str(&format!("hanfs_volume_api_seconds_total{{method=\"{method}\",code=\"{code}\"}} {seconds:.6}\n"));
+        }
+        out
+    }
 }
 
 fn on_delete_from_pb(value: i32) -> Result<OnDelete, Status> {
@@ -227,7 +273,7 @@ impl Volumes for VolumeApi {
             source,
         };
         let store = self.store.clone();
-        let info = blocking(move || store.create_volume(create)).await?;
+        let info = blocking("CreateVolume", move || store.create_volume(create)).await?;
         Ok(Response::new(volume_to_pb(info)))
     }
 
@@ -237,7 +283,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
         let store = self.store.clone();
-        let outcome = blocking(move || store.delete_volume(&dir)).await?;
+        let outcome = blocking("DeleteVolume", move || store.delete_volume(&dir)).await?;
         let (applied, kept_at) = match outcome {
             DeleteOutcome::Absent => (pb::OnDelete::Unspecified, String::new()),
             DeleteOutcome::Deleted => (pb::OnDelete::Delete, String::new()),
@@ -258,7 +304,10 @@ impl Volumes for VolumeApi {
         let r = request.into_inner();
         let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
         let store = self.store.clone();
-        let info = blocking(move || store.expand_volume(&dir, r.capacity_bytes, 0)).await?;
+        let info = blocking("ExpandVolume", move || {
+            store.expand_volume(&dir, r.capacity_bytes, 0)
+        })
+        .await?;
         Ok(Response::new(volume_to_pb(info)))
     }
 
@@ -270,7 +319,7 @@ impl Volumes for VolumeApi {
         let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
         let on_delete = on_delete_from_pb(r.on_delete)?;
         let store = self.store.clone();
-        let info = blocking(move || store.set_on_delete(&dir, on_delete)).await?;
+        let info = blocking("ModifyVolume", move || store.set_on_delete(&dir, on_delete)).await?;
         Ok(Response::new(volume_to_pb(info)))
     }
 
@@ -280,7 +329,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::Volume>, Status> {
         let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
         let store = self.store.clone();
-        let info = blocking(move || store.get_volume(&dir)).await?;
+        let info = blocking("GetVolume", move || store.get_volume(&dir)).await?;
         Ok(Response::new(volume_to_pb(info)))
     }
 
@@ -291,7 +340,10 @@ impl Volumes for VolumeApi {
         let r = request.into_inner();
         let max = page_size(r.max_entries)?;
         let store = self.store.clone();
-        let (volumes, next) = blocking(move || store.list_volumes(max, &r.starting_token)).await?;
+        let (volumes, next) = blocking("ListVolumes", move || {
+            store.list_volumes(max, &r.starting_token)
+        })
+        .await?;
         Ok(Response::new(pb::ListVolumesResponse {
             volumes: volumes.into_iter().map(volume_to_pb).collect(),
             next_token: next.unwrap_or_default(),
@@ -309,7 +361,10 @@ impl Volumes for VolumeApi {
             return Err(Status::invalid_argument("request_name is required"));
         }
         let store = self.store.clone();
-        let info = blocking(move || store.create_snapshot(&name, &r.request_name, &source)).await?;
+        let info = blocking("CreateSnapshot", move || {
+            store.create_snapshot(&name, &r.request_name, &source)
+        })
+        .await?;
         Ok(Response::new(snapshot_to_pb(info)))
     }
 
@@ -319,7 +374,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
         let store = self.store.clone();
-        let existed = blocking(move || store.delete_snapshot(&name)).await?;
+        let existed = blocking("DeleteSnapshot", move || store.delete_snapshot(&name)).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse { existed }))
     }
 
@@ -329,7 +384,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
         let store = self.store.clone();
-        let info = blocking(move || store.get_snapshot(&name)).await?;
+        let info = blocking("GetSnapshot", move || store.get_snapshot(&name)).await?;
         Ok(Response::new(snapshot_to_pb(info)))
     }
 
@@ -345,8 +400,10 @@ impl Volumes for VolumeApi {
             Some(VolumeDir::parse(&r.source_volume).map_err(bad_name)?)
         };
         let store = self.store.clone();
-        let (snapshots, next) =
-            blocking(move || store.list_snapshots(max, &r.starting_token, source.as_ref())).await?;
+        let (snapshots, next) = blocking("ListSnapshots", move || {
+            store.list_snapshots(max, &r.starting_token, source.as_ref())
+        })
+        .await?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: snapshots.into_iter().map(snapshot_to_pb).collect(),
             next_token: next.unwrap_or_default(),
@@ -359,7 +416,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::Capacity>, Status> {
         let store = self.store.clone();
         Ok(Response::new(capacity_to_pb(
-            blocking(move || store.capacity()).await?,
+            blocking("GetCapacity", move || store.capacity()).await?,
         )))
     }
 
@@ -368,7 +425,7 @@ impl Volumes for VolumeApi {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let store = self.store.clone();
-        let s = blocking(move || store.status()).await?;
+        let s = blocking("Status", move || store.status()).await?;
         Ok(Response::new(pb::StatusResponse {
             export_root: s.export_root.display().to_string(),
             filesystem: s.filesystem,

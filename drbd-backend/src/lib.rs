@@ -6,9 +6,13 @@
 //!   locks, and [`volumes::VolumeStore`], the blocking API that does the work.
 //! - [`api`]: the gRPC server for `backend.proto`, mapping errors to status codes in
 //!   one place and running blocking filesystem work off the async runtime.
+//! - [`ha`]: the HA role manager: the pure decision core, its simulation, the agent loop.
+//! - [`drivers`]: one module per outside thing: DRBD, filesystem mount, nfsd, VIP, tickle
+//!   ACKs, the Kubernetes Lease, external commands.
+//! - [`admin`]: status / switchover / force-promote, and Prometheus metrics.
 //!
-//! The HA role manager (DRBD, nfsd, VIP, Lease) joins as `ha/` and `drivers/`.
 
+pub mod admin;
 pub mod api;
 pub mod drivers;
 pub mod ha;

@@ -1,0 +1,255 @@
+//! The agent's admin surface: `status`, `switchover`, `force-promote` over gRPC on a
+//! unix socket, and Prometheus metrics over HTTP.
+
+use crate::ha::agent::{AgentHandle, AgentStatus};
+use crate::ha::decide::{Disk, HaConfig, Request, Role};
+use hanfs_proto::backend::v1 as pb;
+use hanfs_proto::backend::v1::admin_server::{Admin, AdminServer};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Request as GrpcRequest, Response, Status};
+
+pub struct AdminService {
+    config: HaConfig,
+    handle: AgentHandle,
+    /// Warnings found at start (e.g. DRBD options that undermine safety).
+    warnings: Arc<Vec<String>>,
+}
+
+impl AdminService {
+    pub fn server(
+        config: HaConfig,
+        handle: AgentHandle,
+        warnings: Vec<String>,
+    ) -> AdminServer<Self> {
+        AdminServer::new(Self {
+            config,
+            handle,
+            warnings: Arc::new(warnings),
+        })
+    }
+}
+
+fn role_name(role: Option<Role>) -> String {
+    role.map_or("unknown".into(), |r| format!("{r:?}"))
+}
+
+fn disk_name(disk: Option<Disk>) -> String {
+    disk.map_or("unknown".into(), |d| format!("{d:?}"))
+}
+
+/// The status an operator sees, from the agent's shared state.
+pub fn status_of(config: &HaConfig, status: &AgentStatus, warnings: &[String]) -> pb::AdminStatus {
+    let drbd = status.observation.drbd;
+    let stack = status.observation.stack;
+    let record = status.lease.as_ref().map(|v| &v.record);
+    let holder = record.and_then(|r| r.holder.clone()).unwrap_or_default();
+    let remaining = match (&status.lease, status.tenure.renewed_at) {
+        (Some(_), Some(renewed)) if holder == config.node => {
+            config.renew_deadline as i64 - status.now.saturating_sub(renewed) as i64
+        }
+        (Some(view), _) => {
+            config.lease_duration as i64 - status.now.saturating_sub(view.changed_at) as i64
+        }
+        _ => 0,
+    };
+    let mut all_warnings = warnings.to_vec();
+    if let Some(r) = record
+        && r.outdated.as_deref() == Some(config.node.as_str())
+    {
+        all_warnings.push("this node is marked OUTDATED in the Lease: it will not become active until it has resynced".into());
+    }
+    pb::AdminStatus {
+        node: config.node.clone(),
+        peer: config.peer.clone(),
+        summary: status.last_decision.reason.clone(),
+        drbd_role: role_name(drbd.map(|d| d.role)),
+        disk: disk_name(drbd.map(|d| d.disk)),
+        connected: drbd.is_some_and(|d| d.connected),
+        peer_role: role_name(drbd.map(|d| d.peer_role)),
+        peer_disk: disk_name(drbd.map(|d| d.peer_disk)),
+        mounted: stack.mounted,
+        nfsd: stack.nfsd,
+        exported: stack.exported,
+        vip: stack.vip,
+        lease_holder: holder,
+        lease_remaining_ms: remaining,
+        outdated: record.and_then(|r| r.outdated.clone()).unwrap_or_default(),
+        last_primary: record
+            .and_then(|r| r.last_primary.clone())
+            .unwrap_or_default(),
+        acquisitions: status.acquisitions,
+        last_takeover_ms: status.last_takeover_ms.map_or(-1, |t| t as i64),
+        last_resorts: status.last_resorts,
+        warnings: all_warnings,
+        lease_error: status.lease_error.clone().unwrap_or_default(),
+        last_step_error: status.last_step_error.clone().unwrap_or_default(),
+        request: format!("{:?}", status.request),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _: GrpcRequest<pb::AdminStatusRequest>,
+    ) -> Result<Response<pb::AdminStatus>, Status> {
+        Ok(Response::new(status_of(
+            &self.config,
+            &self.handle.status(),
+            &self.warnings,
+        )))
+    }
+
+    async fn switchover(
+        &self,
+        _: GrpcRequest<pb::SwitchoverRequest>,
+    ) -> Result<Response<pb::SwitchoverResponse>, Status> {
+        let status = self.handle.status();
+        let holder = status.lease.as_ref().and_then(|v| v.record.holder.clone());
+        if holder.as_deref() != Some(self.config.node.as_str()) {
+            return Err(Status::failed_precondition(format!(
+                "{} is not active (Lease holder: {}); run switchover on the active node",
+                self.config.node,
+                holder.as_deref().unwrap_or("nobody")
+            )));
+        }
+        self.handle.request(Request::Switchover);
+        Ok(Response::new(pb::SwitchoverResponse {
+            message: format!(
+                "{} is standing down and will hand the Lease to {}",
+                self.config.node, self.config.peer
+            ),
+        }))
+    }
+
+    async fn force_promote(
+        &self,
+        request: GrpcRequest<pb::ForcePromoteRequest>,
+    ) -> Result<Response<pb::ForcePromoteResponse>, Status> {
+        if !request.into_inner().accept_data_loss {
+            return Err(Status::failed_precondition(
+                "force-promote makes this node Primary even if its data is stale: writes the peer acknowledged since \
+                 the last resync may be LOST, and if the peer is still running this creates a DRBD split brain to \
+                 resolve by hand. Repeat with --accept-data-loss if the peer is gone for good.",
+            ));
+        }
+        self.handle.request(Request::ForcePromote);
+        Ok(Response::new(pb::ForcePromoteResponse {
+            message: format!(
+                "{}: force-promote requested; it still waits for the Lease (never two actives) and then promotes regardless of data currency",
+                self.config.node
+            ),
+        }))
+    }
+}
+
+/// Prometheus text exposition of the agent's state.
+pub fn metrics_text(config: &HaConfig, status: &AgentStatus, volumes: Option<usize>) -> String {
+    let s = status_of(config, status, &[]);
+    let node = &config.node;
+    let flag = |b: bool| if b { 1 } else { 0 };
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
+        ));
+    };
+    metric(
+        "hanfs_active",
+        "1 if this node serves the export (Lease holder with the VIP).",
+        "gauge",
+        flag(s.vip && s.lease_holder == *node).to_string(),
+    );
+    metric(
+        "hanfs_drbd_primary",
+        "1 if DRBD is Primary here.",
+        "gauge",
+        flag(s.drbd_role == "Primary").to_string(),
+    );
+    metric(
+        "hanfs_drbd_connected",
+        "1 if the replication link is up.",
+        "gauge",
+        flag(s.connected).to_string(),
+    );
+    metric(
+        "hanfs_drbd_disk_up_to_date",
+        "1 if the local disk is UpToDate.",
+        "gauge",
+        flag(s.disk == "UpToDate").to_string(),
+    );
+    metric(
+        "hanfs_drbd_peer_disk_up_to_date",
+        "1 if the peer's disk is UpToDate.",
+        "gauge",
+        flag(s.peer_disk == "UpToDate").to_string(),
+    );
+    metric(
+        "hanfs_lease_acquisitions_total",
+        "Times this node acquired the Lease (failovers and switchovers to it).",
+        "counter",
+        s.acquisitions.to_string(),
+    );
+    metric(
+        "hanfs_last_takeover_seconds",
+        "Lease acquisition to VIP up, for the last takeover by this node.",
+        "gauge",
+        if s.last_takeover_ms < 0 {
+            "NaN".into()
+        } else {
+            format!("{:.3}", s.last_takeover_ms as f64 / 1000.0)
+        },
+    );
+    metric(
+        "hanfs_last_resorts_total",
+        "Times this node had to freeze or reboot because it could not stand down in time.",
+        "counter",
+        s.last_resorts.to_string(),
+    );
+    if let Some(count) = volumes {
+        metric(
+            "hanfs_volumes",
+            "Volumes on the export.",
+            "gauge",
+            count.to_string(),
+        );
+    }
+    out.push_str(&crate::api::metrics::render());
+    out
+}
+
+/// Serves `GET /metrics` on `listener` (a minimal HTTP/1.1 responder: Prometheus needs
+/// nothing more), until the task is dropped.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 1024];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buffer))
+                    .await;
+            let Ok(Ok(n)) = read else { return };
+            let request = String::from_utf8_lossy(&buffer[..n]);
+            let (status, body) = if request.starts_with("GET /metrics") {
+                ("200 OK", render())
+            } else {
+                (
+                    "404 Not Found",
+                    "only /metrics is served here\n".to_string(),
+                )
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}

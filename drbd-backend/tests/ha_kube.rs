@@ -1,0 +1,547 @@
+//! Two HA agents against a real kube-apiserver + etcd: the Lease is real, each agent
+//! lives in its own network namespace with a real VIP on its `eth0`, and cutting an
+//! agent from the API server takes its link down — nothing about the arbiter is mocked.
+//!
+//! DRBD and nfsd are absent from this host's kernel, so below the VIP each agent drives
+//! [`RecordingDrbdNfsDouble`], a test double that keeps DRBD role, replication link,
+//! mount, nfsd and export as in-memory flags (refusing a second Primary while connected,
+//! as DRBD does) and records every step. The real DRBD and nfsd run in the VM cluster.
+//!
+//! Proves: acquisition by exactly one node, renewal, planned hand-over, a partitioned
+//! holder standing down before the peer takes over, fencing records that stop a stale
+//! node from promoting, and a foreign Lease edited by hand. Prints the timings.
+
+#![allow(clippy::unwrap_used)] // test setup panics on failure by design
+
+use hanfs_backend::drivers::lease::LeaseClient;
+use hanfs_backend::drivers::vip::{GarpConfig, Vip};
+use hanfs_backend::ha::agent::{Agent, AgentConfig, AgentHandle, Stack, StackObservation};
+use hanfs_backend::ha::decide::{Disk, DrbdView, HaConfig, Request, Role, StackAction, StackView};
+use hanfs_testkit::kube::KubeApiServer;
+use hanfs_testkit::netns::Topology;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LEASE_MS: u64 = 3000;
+const NAMES: [&str; 2] = ["storage-a", "storage-b"];
+
+/// The shared "hardware" of both doubles: DRBD roles, the replication link, the stacks.
+#[derive(Debug, Default)]
+struct Pair {
+    role: [Option<Role>; 2],
+    stack: [StackView; 2],
+    link_up: bool,
+    steps: Vec<(usize, String)>,
+    last_resorts: [u32; 2],
+}
+
+/// Test double for DRBD + mount + nfsd (named as such on purpose); the VIP is real.
+struct RecordingDrbdNfsDouble {
+    side: usize,
+    pair: Arc<Mutex<Pair>>,
+    vip: Vip,
+}
+
+impl Stack for RecordingDrbdNfsDouble {
+    async fn observe(&self) -> StackObservation {
+        let vip = self.vip.is_present().await.unwrap_or(false);
+        let pair = self.pair.lock().unwrap();
+        let other = 1 - self.side;
+        let connected = pair.link_up && pair.role[other].is_some();
+        let mut stack = pair.stack[self.side];
+        stack.vip = vip;
+        StackObservation {
+            drbd: Some(DrbdView {
+                role: pair.role[self.side].unwrap_or(Role::Secondary),
+                disk: Disk::UpToDate,
+                connected,
+                peer_role: if connected {
+                    pair.role[other].unwrap_or(Role::Unknown)
+                } else {
+                    Role::Unknown
+                },
+                peer_disk: if connected {
+                    Disk::UpToDate
+                } else {
+                    Disk::Unknown
+                },
+            }),
+            stack,
+        }
+    }
+
+    async fn run(&self, step: &StackAction) -> Result<(), String> {
+        match step {
+            StackAction::AddVip => {
+                self.vip.add().await.map_err(|e| e.to_string())?;
+                self.vip
+                    .announce(&GarpConfig::once())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            StackAction::RemoveVip => {
+                self.vip.remove().await.map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+        let mut pair = self.pair.lock().unwrap();
+        pair.steps.push((self.side, format!("{step:?}")));
+        let (me, other) = (self.side, 1 - self.side);
+        let connected = pair.link_up && pair.role[other].is_some();
+        let s = &mut pair.stack[me];
+        match step {
+            StackAction::Promote | StackAction::PromoteForced { .. } => {
+                if connected && pair.role[other] == Some(Role::Primary) {
+                    return Err("peer is Primary: DRBD refuses a second Primary".into());
+                }
+                pair.role[me] = Some(Role::Primary);
+            }
+            StackAction::Demote => pair.role[me] = Some(Role::Secondary),
+            StackAction::Mount => s.mounted = true,
+            StackAction::Unmount => s.mounted = false,
+            StackAction::StartNfsd => s.nfsd = true,
+            StackAction::StopNfsd => s.nfsd = false,
+            StackAction::Export => s.exported = true,
+            StackAction::Unexport => s.exported = false,
+            StackAction::AddVip | StackAction::RemoveVip | StackAction::SendTickles => {}
+        }
+        Ok(())
+    }
+
+    async fn last_resort(&self, _reason: &str) {
+        let _ = self.vip.remove().await;
+        let mut pair = self.pair.lock().unwrap();
+        pair.last_resorts[self.side] += 1;
+        pair.role[self.side] = Some(Role::Secondary);
+        pair.stack[self.side] = StackView::default();
+    }
+}
+
+/// Runs `work` on a thread inside network namespace `ns`, with its own runtime: every
+/// socket it opens (the Lease client, netlink) lives in that namespace.
+fn in_namespace<T: Send + 'static>(
+    ns: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = PathBuf::from("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        work()
+    })
+}
+
+async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn lease_client(client: kube::Client, node: &str) -> LeaseClient {
+    LeaseClient::new(
+        client,
+        "default",
+        "hanfs-export",
+        node,
+        Duration::from_millis(LEASE_MS),
+        Duration::from_millis(800),
+    )
+}
+
+struct RunningAgent {
+    handle: AgentHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fields drop in order: agents first, then the API server, then the namespaces.
+struct Cluster {
+    agents: [Option<RunningAgent>; 2],
+    api: KubeApiServer,
+    topology: Topology,
+    pair: Arc<Mutex<Pair>>,
+    vip: Ipv4Addr,
+    state: tempfile::TempDir,
+    t0: Instant,
+}
+
+impl Cluster {
+    fn start_agent(&mut self, side: usize) {
+        let ns = self.topology.member_ns(side).to_owned();
+        let kubeconfig = self.api.kubeconfig();
+        let state_dir = self.state.path().join(NAMES[side]);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let pair = self.pair.clone();
+        pair.lock().unwrap().role[side] = Some(Role::Secondary);
+        let vip = Vip::new(self.vip, hanfs_testkit::netns::PREFIX_LEN, "eth0");
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = in_namespace(&ns, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let client = kube_client(&kubeconfig).await;
+                let config = AgentConfig {
+                    ha: HaConfig::with_lease(NAMES[side], NAMES[1 - side], LEASE_MS),
+                    tick: Duration::from_millis(100),
+                    state_dir,
+                    step_timeout: Duration::from_secs(5),
+                };
+                let stack = RecordingDrbdNfsDouble { side, pair, vip };
+                let agent = Agent::new(config, lease_client(client, NAMES[side]), stack);
+                handle_tx.send(agent.handle()).unwrap();
+                agent
+                    .run(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            });
+        });
+        let handle = handle_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        self.agents[side] = Some(RunningAgent {
+            handle,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        });
+    }
+
+    fn handle(&self, side: usize) -> &AgentHandle {
+        &self.agents[side].as_ref().unwrap().handle
+    }
+
+    /// Who serves: Primary with the VIP on its interface (checked in its namespace).
+    fn serving(&self, side: usize) -> bool {
+        let pair = self.pair.lock().unwrap();
+        pair.role[side] == Some(Role::Primary) && self.handle(side).status().observation.stack.vip
+    }
+
+    fn lease_json(&self) -> serde_json::Value {
+        let (code, body) = self
+            .api
+            .curl(
+                "GET",
+                "/apis/coordination.k8s.io/v1/namespaces/default/leases/hanfs-export",
+                None,
+            )
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.lease_json()["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Waits (bounded) until `check` holds; returns the time it took.
+    fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut(&Cluster) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if check(self) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let statuses: Vec<_> = (0..2)
+            .filter(|i| self.agents[*i].is_some())
+            .map(|i| format!("{}: {:?}", NAMES[i], self.handle(i).status().last_decision))
+            .collect();
+        panic!(
+            "timed out after {limit:?} waiting for: {what}\n{statuses:#?}\n{:?}",
+            self.pair.lock().unwrap()
+        );
+    }
+
+    fn both_serving(&self) -> bool {
+        self.serving(0) && self.serving(1)
+    }
+
+    fn log(&self, what: &str) {
+        eprintln!("[{:>6.2}s] {what}", self.t0.elapsed().as_secs_f64());
+    }
+}
+
+#[test]
+fn two_agents_share_one_lease_on_a_real_apiserver() {
+    let topology = Topology::new(2).unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+    let api = KubeApiServer::start(topology.core_ns(), topology.core_ip(), workdir.path()).unwrap();
+    let octets = topology.core_ip().octets();
+    let vip = Ipv4Addr::new(octets[0], octets[1], octets[2], 100);
+    let mut c = Cluster {
+        topology,
+        api,
+        pair: Arc::new(Mutex::new(Pair {
+            link_up: true,
+            ..Default::default()
+        })),
+        vip,
+        state: tempfile::tempdir().unwrap(),
+        agents: [None, None],
+        t0: Instant::now(),
+    };
+    c.log(&format!(
+        "kube-apiserver ready in {:.1}s",
+        c.api.startup_time().as_secs_f64()
+    ));
+    let limit = Duration::from_millis(LEASE_MS * 4);
+
+    // 1. Acquisition: exactly one becomes active.
+    c.start_agent(0);
+    c.start_agent(1);
+    let took = c.wait_for("one node active", limit, |c| c.serving(0) || c.serving(1));
+    let active = if c.serving(0) { 0 } else { 1 };
+    let standby = 1 - active;
+    c.log(&format!(
+        "{} active after {:.2}s (Lease acquired, stack up, VIP on eth0)",
+        NAMES[active],
+        took.as_secs_f64()
+    ));
+    assert_eq!(c.holder().as_deref(), Some(NAMES[active]));
+    assert!(!c.serving(standby));
+
+    // 2. Renewal: three Lease durations later nothing changed hands.
+    let version_before = c.lease_json()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(LEASE_MS * 3));
+    assert!(
+        c.serving(active) && !c.serving(standby),
+        "the holder kept serving"
+    );
+    assert_ne!(
+        c.lease_json()["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap(),
+        version_before,
+        "renewed"
+    );
+    assert_eq!(c.handle(active).status().acquisitions, 1);
+    assert_eq!(c.handle(standby).status().acquisitions, 0);
+    c.log("renewals kept the holder for 3 Lease durations");
+
+    // 3. Planned hand-over: no waiting for expiry.
+    let started = Instant::now();
+    c.handle(active).request(Request::Switchover);
+    c.wait_for("switchover", limit, |c| c.serving(standby));
+    let switchover = started.elapsed();
+    assert!(!c.serving(active));
+    c.log(&format!(
+        "switchover {} -> {} in {:.2}s",
+        NAMES[active],
+        NAMES[standby],
+        switchover.as_secs_f64()
+    ));
+    let (active, standby) = (standby, active);
+
+    // 4. The holder is cut from the API server: it stands down before the peer takes over.
+    let cut_at = Instant::now();
+    c.topology.cut(active).unwrap();
+    c.log(&format!("cut {} from the API server", NAMES[active]));
+    let down = c.wait_for("the cut holder stands down", limit, |c| !c.serving(active));
+    let mut overlap = false;
+    c.wait_for("the peer takes over", limit * 2, |c| {
+        overlap |= c.both_serving();
+        c.serving(standby)
+    });
+    let takeover_after_cut = cut_at.elapsed();
+    assert!(!overlap, "both served at once");
+    c.log(&format!(
+        "cut holder stood down {:.2}s after the cut; {} serving {:.2}s after the cut (Lease {LEASE_MS} ms)",
+        down.as_secs_f64(),
+        NAMES[standby],
+        takeover_after_cut.as_secs_f64()
+    ));
+    let status = c.handle(standby).status();
+    c.log(&format!(
+        "takeover on {}: Lease acquisition -> VIP up {} ms",
+        NAMES[standby],
+        status.last_takeover_ms.unwrap_or(0)
+    ));
+    c.topology.heal(active).unwrap();
+    c.wait_for("the healed node settles as standby", limit, |c| {
+        c.handle(active)
+            .status()
+            .last_decision
+            .reason
+            .starts_with("standby")
+    });
+    assert!(c.serving(standby) && !c.serving(active));
+    let (active, standby) = (standby, active);
+
+    // 5. Fencing: the replication link drops; the active records the peer as outdated
+    //    (what DRBD's fence-peer handler does), then dies; the stale peer must not promote.
+    c.pair.lock().unwrap().link_up = false;
+    let fence_ns = c.topology.member_ns(active).to_owned();
+    let kubeconfig = c.api.kubeconfig();
+    let state_dir = c.state.path().join(NAMES[active]);
+    let (code, message) = in_namespace(&fence_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = kube_client(&kubeconfig).await;
+            let lease = lease_client(client, NAMES[active]);
+            hanfs_backend::ha::fence::fence_peer(
+                &lease,
+                NAMES[active],
+                NAMES[standby],
+                &state_dir,
+                Duration::from_secs(5),
+            )
+            .await
+        })
+    })
+    .join()
+    .unwrap();
+    c.log(&format!(
+        "fence-peer on {}: exit {code}: {message}",
+        NAMES[active]
+    ));
+    assert_eq!(code, hanfs_backend::ha::fence::EXIT_PEER_OUTDATED);
+    assert_eq!(
+        c.lease_json()["metadata"]["annotations"]["hanfs.io/outdated"],
+        NAMES[standby]
+    );
+    // The standby cannot fence (it does not hold the Lease).
+    let fence_ns = c.topology.member_ns(standby).to_owned();
+    let kubeconfig = c.api.kubeconfig();
+    let state_dir = c.state.path().join(NAMES[standby]);
+    let (code, _) = in_namespace(&fence_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let lease = lease_client(kube_client(&kubeconfig).await, NAMES[standby]);
+            hanfs_backend::ha::fence::fence_peer(
+                &lease,
+                NAMES[standby],
+                NAMES[active],
+                &state_dir,
+                Duration::from_secs(2),
+            )
+            .await
+        })
+    })
+    .join()
+    .unwrap();
+    assert_eq!(code, hanfs_backend::ha::fence::EXIT_REFUSED);
+
+    c.agents[active].as_mut().unwrap().stop();
+    {
+        // The active's node dies with it.
+        let mut pair = c.pair.lock().unwrap();
+        pair.role[active] = None;
+        pair.stack[active] = StackView::default();
+    }
+    let _ = in_namespace(c.topology.member_ns(active), {
+        let vip = Vip::new(c.vip, hanfs_testkit::netns::PREFIX_LEN, "eth0");
+        move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(vip.remove())
+                .unwrap();
+        }
+    })
+    .join();
+    c.log(&format!(
+        "{} died after fencing {}",
+        NAMES[active], NAMES[standby]
+    ));
+    std::thread::sleep(Duration::from_millis(LEASE_MS * 3));
+    assert!(!c.serving(standby), "an outdated node must not promote");
+    let reason = c.handle(standby).status().last_decision.reason;
+    assert!(reason.contains("outdated"), "{reason}");
+    c.log(&format!(
+        "{} stayed standby for 3 Lease durations: {reason}",
+        NAMES[standby]
+    ));
+
+    // The fenced node comes back with the link: the old active restarts, resyncs the peer,
+    // takes over again (it is the last primary) and clears the fence record.
+    c.pair.lock().unwrap().link_up = true;
+    c.start_agent(active);
+    c.wait_for("the up-to-date node serves again", limit * 2, |c| {
+        c.serving(active)
+    });
+    c.wait_for("the fence record is cleared after resync", limit, |c| {
+        c.lease_json()["metadata"]["annotations"]["hanfs.io/outdated"].is_null()
+    });
+    c.log("fence record cleared after resync");
+
+    // 6. A Lease edited by hand to name a foreign holder: the active stands down, and
+    //    after expiry one of ours takes it back — never both at once.
+    let patch = r#"{"spec":{"holderIdentity":"somebody-else"},"metadata":{"annotations":{"hanfs.io/tenure":"foreign"}}}"#;
+    let (code, body) = c
+        .api
+        .curl(
+            "PATCH",
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases/hanfs-export",
+            Some(patch),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    c.log("Lease edited by hand: holder = somebody-else");
+    let mut overlap = false;
+    c.wait_for(
+        "the active stands down for the foreign holder",
+        limit,
+        |c| {
+            overlap |= c.both_serving();
+            !c.serving(0) && !c.serving(1)
+        },
+    );
+    c.wait_for(
+        "one of ours takes the expired foreign Lease",
+        limit * 2,
+        |c| {
+            overlap |= c.both_serving();
+            c.serving(0) || c.serving(1)
+        },
+    );
+    assert!(!overlap, "both served at once");
+    c.log("recovered from the foreign holder");
+
+    let steps = c.pair.lock().unwrap().steps.len();
+    let last_resorts = c.pair.lock().unwrap().last_resorts;
+    c.log(&format!(
+        "{steps} stack steps recorded, last resorts {last_resorts:?}"
+    ));
+    for agent in c.agents.iter_mut().flatten() {
+        agent.stop();
+    }
+}

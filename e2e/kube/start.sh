@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Runs etcd + kube-apiserver inside an existing network namespace, in the foreground,
+# until SIGTERM/SIGINT or until either server dies; then stops kube-apiserver, then etcd
+# (SIGTERM, bounded wait, SIGKILL). testkit's kube::KubeApiServer wraps this script.
+#
+# Usage: e2e/kube/start.sh <netns> <listen-ip> <workdir>
+#   etcd:           http://127.0.0.1:2379 inside <netns> (data in <workdir>/etcd)
+#   kube-apiserver: https://<listen-ip>:6443, serving cert self-generated in <workdir>/certs
+#   When ready (GET /readyz and the "default" namespace answer) it writes
+#     <workdir>/kubeconfig  server, CA data, admin token (AlwaysAllow authorization)
+#     <workdir>/ca.crt      the CA that signed the serving cert
+#     <workdir>/auth-header "Authorization: Bearer <token>" for `curl -H @file`
+#     <workdir>/ready       startup seconds; written last, so its presence means ready
+#   and prints "ready in N s: kubeconfig <path>". Logs: <workdir>/{etcd,kube-apiserver}.log;
+#   pids: <workdir>/{etcd,kube-apiserver}.pid.
+# Env: KUBE_BIN_DIR (default: whatever e2e/kube/build.sh prints; it builds on first use),
+#      READY_TIMEOUT seconds (default 90),
+#      OWNER_PID: stop everything soon after this process is gone (testkit passes the test
+#      process, which may die without running its destructors: Ctrl-C, SIGKILL, abort).
+set -euo pipefail
+
+[ $# -eq 3 ] || { echo "usage: $0 <netns> <listen-ip> <workdir>" >&2; exit 2; }
+ns=$1
+ip=$2
+work=$(mkdir -p "$3" && cd "$3" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+bin=${KUBE_BIN_DIR:-$("$here/build.sh")}
+ready_timeout=${READY_TIMEOUT:-90}
+owner=${OWNER_PID:-}
+port=6443
+log() { echo "start.sh: $*" >&2; }
+
+ip netns list | awk '{print $1}' | grep -qx "$ns" || { log "no network namespace $ns"; exit 1; }
+rm -f "$work/ready" "$work/kubeconfig"
+
+etcd_pid=
+api_pid=
+# Waits up to $2 tenths of a second for pid $1 to exit.
+wait_gone() {
+    local pid=$1 tenths=$2 i
+    for ((i = 0; i < tenths; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    return 1
+}
+stop_one() {
+    local pid=$1 name=$2
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_gone "$pid" 150 || { log "$name ignored SIGTERM for 15 s; SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; wait_gone "$pid" 50 || true; }
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    # Reverse of start: the apiserver first, so it never runs without its store.
+    stop_one "$api_pid" kube-apiserver
+    stop_one "$etcd_pid" etcd
+    rm -f "$work/ready"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+start=$(date +%s.%N)
+
+# Service-account signing key pair and one admin token: the least authn setup 1.34 accepts.
+[ -f "$work/sa.key" ] || openssl genrsa -out "$work/sa.key" 2048 2>/dev/null
+openssl rsa -in "$work/sa.key" -pubout -out "$work/sa.pub" 2>/dev/null
+[ -f "$work/token" ] || openssl rand -hex 24 >"$work/token"
+token=$(cat "$work/token")
+echo "$token,hanfs-admin,hanfs-admin,system:masters" >"$work/tokens.csv"
+printf 'Authorization: Bearer %s\n' "$token" >"$work/auth-header"
+chmod 600 "$work/sa.key" "$work/token" "$work/tokens.csv" "$work/auth-header"
+
+# `ip netns exec` execs the command, so $! is the server's own pid.
+ip netns exec "$ns" "$bin/etcd" \
+    --name hanfs \
+    --data-dir "$work/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 \
+    --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 \
+    --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster hanfs=http://127.0.0.1:2380 \
+    --unsafe-no-fsync \
+    --log-level warn \
+    </dev/null >"$work/etcd.log" 2>&1 &
+etcd_pid=$!
+echo "$etcd_pid" >"$work/etcd.pid"
+
+# The apiserver would start anyway and retry, but its log then drowns in dial errors and a
+# broken etcd shows up as an apiserver timeout.
+deadline=$(($(date +%s) + ready_timeout))
+until ip netns exec "$ns" curl -sf --max-time 1 -o /dev/null http://127.0.0.1:2379/health 2>/dev/null; do
+    kill -0 "$etcd_pid" 2>/dev/null || { log "etcd exited; tail of $work/etcd.log:"; tail -20 "$work/etcd.log" >&2; exit 1; }
+    [ "$(date +%s)" -lt "$deadline" ] || { log "etcd not healthy after $ready_timeout s"; tail -20 "$work/etcd.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+ip netns exec "$ns" "$bin/kube-apiserver" \
+    --etcd-servers http://127.0.0.1:2379 \
+    --bind-address "$ip" \
+    --advertise-address "$ip" \
+    --secure-port "$port" \
+    --cert-dir "$work/certs" \
+    --token-auth-file "$work/tokens.csv" \
+    --authorization-mode AlwaysAllow \
+    --anonymous-auth=false \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$work/sa.pub" \
+    --service-account-signing-key-file "$work/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --profiling=false \
+    </dev/null >"$work/kube-apiserver.log" 2>&1 &
+api_pid=$!
+echo "$api_pid" >"$work/kube-apiserver.pid"
+
+# The apiserver writes its self-signed bundle (serving cert, then the CA that signed it)
+# before it listens. Until then curl runs with -k; readiness is what we wait for here.
+url=https://$ip:$port
+get() { ip netns exec "$ns" curl -sk --max-time 2 -o /dev/null -w '%{http_code}' -H @"$work/auth-header" "$url$1" 2>/dev/null || true; }
+until [ "$(get /readyz)" = 200 ] && [ "$(get /api/v1/namespaces/default)" = 200 ]; do
+    kill -0 "$etcd_pid" 2>/dev/null || { log "etcd exited; tail of $work/etcd.log:"; tail -20 "$work/etcd.log" >&2; exit 1; }
+    [ -z "$owner" ] || kill -0 "$owner" 2>/dev/null || { log "owner $owner is gone"; exit 1; }
+    kill -0 "$api_pid" 2>/dev/null || { log "kube-apiserver exited; tail of $work/kube-apiserver.log:"; tail -20 "$work/kube-apiserver.log" >&2; exit 1; }
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        log "not ready after $ready_timeout s; tail of $work/kube-apiserver.log:"
+        tail -20 "$work/kube-apiserver.log" >&2
+        exit 1
+    fi
+    sleep 0.25
+done
+
+# The CA is the last certificate of the bundle.
+awk '/BEGIN CERTIFICATE/{buf=""} {buf=buf $0 "\n"} /END CERTIFICATE/{last=buf} END{printf "%s", last}' \
+    "$work/certs/apiserver.crt" >"$work/ca.crt"
+ip netns exec "$ns" curl -sf --max-time 5 --cacert "$work/ca.crt" -H @"$work/auth-header" -o /dev/null "$url/readyz" ||
+    { log "the extracted CA does not verify $url"; exit 1; }
+
+cat >"$work/kubeconfig.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: hanfs
+  cluster:
+    server: $url
+    certificate-authority-data: $(base64 -w0 "$work/ca.crt")
+users:
+- name: hanfs-admin
+  user:
+    token: $token
+contexts:
+- name: hanfs
+  context:
+    cluster: hanfs
+    user: hanfs-admin
+    namespace: default
+current-context: hanfs
+EOF
+chmod 600 "$work/kubeconfig.tmp"
+mv "$work/kubeconfig.tmp" "$work/kubeconfig"
+awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' >"$work/ready"
+echo "ready in $(cat "$work/ready") s: kubeconfig $work/kubeconfig"
+
+# Run until told to stop, a server dies, or the owner is gone. A poll rather than
+# `wait -n`, because the owner is not our child; traps still run within 0.5 s.
+while kill -0 "$etcd_pid" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null; do
+    if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
+        log "owner $owner is gone; stopping"
+        exit 0
+    fi
+    sleep 0.5
+done
+kill -0 "$etcd_pid" 2>/dev/null || log "etcd exited"
+kill -0 "$api_pid" 2>/dev/null || log "kube-apiserver exited"
+exit 1
