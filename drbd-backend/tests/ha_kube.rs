@@ -536,6 +536,26 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     assert!(!overlap, "both served at once");
     c.log("recovered from the foreign holder");
 
+    // 7. The API server loses its storage (etcd frozen): no node can prove it holds the
+    //    Lease, so the active stands down (safe, not available); when etcd is back, one
+    //    node takes over again.
+    let etcd = nix::unistd::Pid::from_raw(c.api.etcd_pid() as i32);
+    nix::sys::signal::kill(etcd, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    c.log("etcd frozen: the API server cannot read or write Leases");
+    let mut overlap = false;
+    let down = c.wait_for("the active stands down without an arbiter", limit, |c| {
+        overlap |= c.both_serving();
+        !c.serving(0) && !c.serving(1)
+    });
+    c.log(&format!("nobody serves {:.2}s after the outage began", down.as_secs_f64()));
+    nix::sys::signal::kill(etcd, nix::sys::signal::Signal::SIGCONT).unwrap();
+    c.wait_for("one node serves again after the outage", limit * 3, |c| {
+        overlap |= c.both_serving();
+        c.serving(0) || c.serving(1)
+    });
+    assert!(!overlap, "both served at once");
+    c.log("etcd back: service restored");
+
     let steps = c.pair.lock().unwrap().steps.len();
     let last_resorts = c.pair.lock().unwrap().last_resorts;
     c.log(&format!(

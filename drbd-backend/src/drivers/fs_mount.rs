@@ -1,0 +1,537 @@
+//! The replicated filesystem: mounting it on the DRBD device, unmounting it even when
+//! something holds it, telling whether it is mounted, and proving it still takes writes.
+//!
+//! - [`parse_mountinfo`] reads `/proc/self/mountinfo` (pure; octal escapes decoded).
+//! - [`FsMount`] runs `mount`/`umount` through [`command::run`]; unmount falls back
+//!   from plain to `-f` to `-l`, each step under the deadline.
+//! - [`probe_writable`] writes, fsyncs and removes a file on a thread of its own under
+//!   a deadline, so a hung filesystem costs one stuck thread, never the agent; the
+//!   number of stuck probes is bounded.
+
+use crate::drivers::command::{self, CommandError};
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The probe file, created and removed by [`probe_writable`].
+pub const PROBE_FILE: &str = ".hanfs-health";
+
+/// Probes whose thread is still stuck (a hung filesystem) after their deadline, plus
+/// those running. Past [`MAX_PROBES_IN_FLIGHT`] no new probe thread is started.
+static PROBES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+const MAX_PROBES_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, Error)]
+pub enum FsError {
+    /// `mount`/`umount` failed, timed out, or could not start (the command line, with
+    /// the mount point, is in the source).
+    #[error("{action}: {source}")]
+    Command {
+        action: &'static str,
+        #[source]
+        source: CommandError,
+    },
+    /// Something other than our device is mounted on the mount point.
+    #[error("{mountpoint} already has {found_source} ({found_fstype}) mounted, not {device}")]
+    MountpointTaken {
+        mountpoint: PathBuf,
+        device: PathBuf,
+        found_source: String,
+        found_fstype: String,
+    },
+    /// Every unmount fallback failed; the filesystem is still mounted.
+    #[error("could not unmount {mountpoint}: {}", .attempts.join("; "))]
+    UnmountFailed {
+        mountpoint: PathBuf,
+        attempts: Vec<String>,
+    },
+    /// Reading or parsing the mount table failed.
+    #[error("reading mount table {path}: {reason}")]
+    MountTable { path: PathBuf, reason: String },
+    /// The mount point must be an absolute path (it is compared with the mount table).
+    #[error("mount point {0} is not an absolute path")]
+    RelativeMountpoint(PathBuf),
+    /// The probe failed at one step (e.g. EROFS after an error remount).
+    #[error("write probe {path}: {step} failed: {source}")]
+    ProbeFailed {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The probe did not finish in time: the filesystem (or its device) hangs.
+    #[error("write probe {path} did not finish within {timeout:?}: the filesystem hangs")]
+    ProbeTimedOut { path: PathBuf, timeout: Duration },
+    /// Earlier probes are still stuck; no new thread is started.
+    #[error("write probe {path} not started: {in_flight} earlier probes are still stuck")]
+    ProbesStuck { path: PathBuf, in_flight: usize },
+}
+
+// ---------------------------------------------------------------------------------------
+// /proc/self/mountinfo
+// ---------------------------------------------------------------------------------------
+
+/// One line of `/proc/<pid>/mountinfo` (proc(5)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    /// `st_dev` of files on this mount: the block device's major:minor for disk
+    /// filesystems.
+    pub major: u32,
+    pub minor: u32,
+    /// The directory of the filesystem that is the root of this mount.
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    /// Per-mount options (`rw`, `ro`, `noatime`, …).
+    pub mount_options: Vec<String>,
+    /// `shared:N`, `master:N`, … (zero or more).
+    pub optional_fields: Vec<String>,
+    pub fstype: String,
+    /// The device or other source (`/dev/drbd0`, `tmpfs`, …).
+    pub source: String,
+    /// Per-superblock options.
+    pub super_options: Vec<String>,
+}
+
+impl MountInfo {
+    /// Mounted read-only (either per mount or per superblock).
+    pub fn read_only(&self) -> bool {
+        self.mount_options.iter().any(|o| o == "ro") || self.super_options.iter().any(|o| o == "ro")
+    }
+}
+
+/// A mountinfo line that does not have proc(5)'s shape.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("bad mountinfo line ({reason}): {line:?}")]
+pub struct MountInfoError {
+    pub line: String,
+    pub reason: &'static str,
+}
+
+/// Decodes the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline,
+/// `\134` backslash) in a mountinfo path or source. Paths need not be UTF-8.
+pub fn unescape_octal(s: &str) -> OsString {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    OsString::from_vec(out)
+}
+
+/// Parses one mountinfo line:
+/// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue`.
+pub fn parse_mountinfo_line(line: &str) -> Result<MountInfo, MountInfoError> {
+    let err = |reason| MountInfoError {
+        line: line.to_owned(),
+        reason,
+    };
+    let mut words = line.split(' ');
+    let mut next = |what| {
+        words
+            .next()
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| err(what))
+    };
+    let mount_id = next("no mount id")?
+        .parse()
+        .map_err(|_| err("mount id is not a number"))?;
+    let parent_id = next("no parent id")?
+        .parse()
+        .map_err(|_| err("parent id is not a number"))?;
+    let (major, minor) = next("no major:minor")?
+        .split_once(':')
+        .ok_or_else(|| err("no ':' in major:minor"))?;
+    let major = major.parse().map_err(|_| err("major is not a number"))?;
+    let minor = minor.parse().map_err(|_| err("minor is not a number"))?;
+    let root = PathBuf::from(unescape_octal(next("no root")?));
+    let mount_point = PathBuf::from(unescape_octal(next("no mount point")?));
+    let mount_options = next("no mount options")?
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut optional_fields = Vec::new();
+    loop {
+        match next("no '-' separator")? {
+            "-" => break,
+            field => optional_fields.push(field.to_owned()),
+        }
+    }
+    let fstype = next("no fstype")?.to_owned();
+    // The source may be empty on some pseudo filesystems; tolerate that.
+    let source = words.next().unwrap_or("");
+    let super_options = words
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Ok(MountInfo {
+        mount_id,
+        parent_id,
+        major,
+        minor,
+        root,
+        mount_point,
+        mount_options,
+        optional_fields,
+        fstype,
+        source: unescape_octal(source).to_string_lossy().into_owned(),
+        super_options,
+    })
+}
+
+/// Parses a whole mountinfo text (blank lines ignored).
+pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, MountInfoError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_mountinfo_line)
+        .collect()
+}
+
+/// `a/./b//c/` → `a/b/c`, lexically (no filesystem access: a hung filesystem must not
+/// hang a mount-table lookup). `..` is kept as written.
+fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounting
+// ---------------------------------------------------------------------------------------
+
+/// How [`FsMount::unmount`] got the filesystem off the mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmountOutcome {
+    /// Nothing was mounted there.
+    NotMounted,
+    /// Plain `umount`.
+    Clean,
+    /// `umount -f`.
+    Forced,
+    /// `umount -l`: detached from the tree, but whoever held it still does, so the
+    /// device stays open (and DRBD cannot be demoted) until they let go.
+    Lazy,
+}
+
+/// The replicated filesystem and where it goes.
+#[derive(Debug, Clone)]
+pub struct FsMount {
+    /// The block device (`/dev/drbd0`).
+    pub device: PathBuf,
+    /// Absolute path of the mount point.
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    /// `-o` options, joined with commas (none if empty).
+    pub options: Vec<String>,
+    /// Deadline for each `mount`/`umount` run and each mount-table read.
+    pub timeout: Duration,
+    pub mount_bin: PathBuf,
+    pub umount_bin: PathBuf,
+    /// `/proc/self/mountinfo` (tests may point elsewhere).
+    pub mountinfo: PathBuf,
+}
+
+impl FsMount {
+    /// With the system's `mount`/`umount`, `/proc/self/mountinfo`, and a 30 s deadline.
+    pub fn new(
+        device: impl Into<PathBuf>,
+        mountpoint: impl Into<PathBuf>,
+        fstype: impl Into<String>,
+    ) -> FsMount {
+        FsMount {
+            device: device.into(),
+            mountpoint: mountpoint.into(),
+            fstype: fstype.into(),
+            options: Vec::new(),
+            timeout: Duration::from_secs(30),
+            mount_bin: "mount".into(),
+            umount_bin: "umount".into(),
+            mountinfo: "/proc/self/mountinfo".into(),
+        }
+    }
+
+    fn checked_mountpoint(&self) -> Result<PathBuf, FsError> {
+        if !self.mountpoint.is_absolute() {
+            return Err(FsError::RelativeMountpoint(self.mountpoint.clone()));
+        }
+        Ok(normalize(&self.mountpoint))
+    }
+
+    /// The topmost mount on the mount point, if any.
+    pub async fn mounted(&self) -> Result<Option<MountInfo>, FsError> {
+        let mountpoint = self.checked_mountpoint()?;
+        let table_err = |reason: String| FsError::MountTable {
+            path: self.mountinfo.clone(),
+            reason,
+        };
+        let text = tokio::time::timeout(self.timeout, tokio::fs::read_to_string(&self.mountinfo))
+            .await
+            .map_err(|_| table_err(format!("not read within {:?}", self.timeout)))?
+            .map_err(|e| table_err(e.to_string()))?;
+        let entries = parse_mountinfo(&text).map_err(|e| table_err(e.to_string()))?;
+        // Later lines are mounted on top of earlier ones.
+        Ok(entries
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == mountpoint))
+    }
+
+    /// Whether anything is mounted on the mount point.
+    pub async fn is_mounted(&self) -> Result<bool, FsError> {
+        Ok(self.mounted().await?.is_some())
+    }
+
+    /// Whether `entry` is our device: same major:minor for a block device (so
+    /// `/dev/drbd/by-res/r0/0` and `/dev/drbd0` agree), else the same source text.
+    fn is_our_device(&self, entry: &MountInfo) -> bool {
+        match std::fs::metadata(&self.device) {
+            Ok(meta) if meta.file_type().is_block_device() => {
+                let rdev = meta.rdev();
+                (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev))
+                    == (entry.major.into(), entry.minor.into())
+            }
+            _ => Path::new(&entry.source) == self.device,
+        }
+    }
+
+    /// `mount -t <fstype> [-o <options>] <device> <mountpoint>`. Already mounted from our
+    /// device: nothing to do. Something else mounted there: an error.
+    pub async fn mount(&self) -> Result<(), FsError> {
+        if let Some(entry) = self.mounted().await? {
+            if self.is_our_device(&entry) {
+                tracing::info!(mountpoint = %self.mountpoint.display(), "already mounted");
+                return Ok(());
+            }
+            return Err(FsError::MountpointTaken {
+                mountpoint: self.mountpoint.clone(),
+                device: self.device.clone(),
+                found_source: entry.source,
+                found_fstype: entry.fstype,
+            });
+        }
+        let mut args: Vec<OsString> = vec!["-t".into(), self.fstype.clone().into()];
+        if !self.options.is_empty() {
+            args.push("-o".into());
+            args.push(self.options.join(",").into());
+        }
+        args.push(self.device.clone().into());
+        args.push(self.mountpoint.clone().into());
+        tracing::info!(device = %self.device.display(), mountpoint = %self.mountpoint.display(), "mount");
+        command::run(&self.mount_bin.to_string_lossy(), &args, self.timeout)
+            .await
+            .map(drop)
+            .map_err(|source| FsError::Command {
+                action: "mount",
+                source,
+            })
+    }
+
+    /// Unmounts: plain `umount`, then `umount -f`, then `umount -l`, each under the
+    /// deadline and logged. Stops at the first that works.
+    pub async fn unmount(&self) -> Result<UnmountOutcome, FsError> {
+        if !self.is_mounted().await? {
+            return Ok(UnmountOutcome::NotMounted);
+        }
+        let steps: [(&[&str], UnmountOutcome); 3] = [
+            (&[], UnmountOutcome::Clean),
+            (&["-f"], UnmountOutcome::Forced),
+            (&["-l"], UnmountOutcome::Lazy),
+        ];
+        let mut attempts = Vec::new();
+        for (flags, outcome) in steps {
+            let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
+            args.push(self.mountpoint.clone().into());
+            match command::run(&self.umount_bin.to_string_lossy(), &args, self.timeout).await {
+                Ok(_) => {
+                    if outcome == UnmountOutcome::Lazy {
+                        tracing::warn!(mountpoint = %self.mountpoint.display(),
+                            "lazily unmounted: the device stays open until its users let go");
+                    } else {
+                        tracing::info!(mountpoint = %self.mountpoint.display(), ?outcome, "unmounted");
+                    }
+                    return Ok(outcome);
+                }
+                Err(err) => {
+                    tracing::warn!(mountpoint = %self.mountpoint.display(), %err, "umount {flags:?} failed");
+                    attempts.push(err.to_string());
+                    // Someone else unmounted it meanwhile: done.
+                    if !self.is_mounted().await? {
+                        return Ok(UnmountOutcome::NotMounted);
+                    }
+                }
+            }
+        }
+        Err(FsError::UnmountFailed {
+            mountpoint: self.mountpoint.clone(),
+            attempts,
+        })
+    }
+
+    /// [`probe_writable`] on the mount point, with this mount's deadline.
+    pub async fn probe_writable(&self) -> Result<(), FsError> {
+        probe_writable(&self.mountpoint, self.timeout).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Write probe
+// ---------------------------------------------------------------------------------------
+
+/// Decrements [`PROBES_IN_FLIGHT`] when the probe thread finally ends.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        PROBES_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Creates `dir/.hanfs-health`, writes it, fsyncs it and removes it, within `timeout`.
+///
+/// Runs on a thread of its own rather than the blocking pool: a write to a hung device
+/// blocks in the kernel (D state) and cannot be cancelled, so the thread may never
+/// return. Each stuck probe keeps one thread; past a small bound, probes fail at once
+/// with [`FsError::ProbesStuck`] instead of piling up threads.
+pub async fn probe_writable(dir: &Path, timeout: Duration) -> Result<(), FsError> {
+    let path = dir.join(PROBE_FILE);
+    let in_flight = PROBES_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlight;
+    if in_flight >= MAX_PROBES_IN_FLIGHT {
+        drop(guard);
+        return Err(FsError::ProbesStuck { path, in_flight });
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    let spawned = std::thread::Builder::new()
+        .name("hanfs-fs-probe".into())
+        .spawn(move || {
+            let _guard = guard;
+            let _ = tx.send(write_probe_file(&thread_path));
+        });
+    if let Err(source) = spawned {
+        // The closure (and the guard in it) was dropped: the count is already restored.
+        return Err(FsError::ProbeFailed {
+            path,
+            step: "start thread",
+            source,
+        });
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err((step, source)))) => Err(FsError::ProbeFailed { path, step, source }),
+        Ok(Err(_)) => Err(FsError::ProbeFailed {
+            path,
+            step: "run",
+            source: std::io::Error::other("probe thread ended without an answer"),
+        }),
+        Err(_) => Err(FsError::ProbeTimedOut { path, timeout }),
+    }
+}
+
+fn write_probe_file(path: &Path) -> Result<(), (&'static str, std::io::Error)> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| ("create", e))?;
+    file.write_all(b"hanfs write probe\n")
+        .map_err(|e| ("write", e))?;
+    file.sync_all().map_err(|e| ("fsync", e))?;
+    drop(file);
+    std::fs::remove_file(path).map_err(|e| ("remove", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc5_example_and_optional_fields() {
+        let m = parse_mountinfo_line(
+            "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue",
+        )
+        .unwrap();
+        assert_eq!((m.mount_id, m.parent_id, m.major, m.minor), (36, 35, 98, 0));
+        assert_eq!(m.root, Path::new("/mnt1"));
+        assert_eq!(m.mount_point, Path::new("/mnt2"));
+        assert_eq!(m.mount_options, ["rw", "noatime"]);
+        assert_eq!(m.optional_fields, ["master:1"]);
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("ext3", "/dev/root")
+        );
+        assert_eq!(m.super_options, ["rw", "errors=continue"]);
+        assert!(!m.read_only());
+
+        let m =
+            parse_mountinfo_line("22 1 252:0 / / rw,relatime - ext4 /dev/vda rw,discard").unwrap();
+        assert!(m.optional_fields.is_empty());
+        let m = parse_mountinfo_line(
+            "90 22 147:0 / /srv/export ro,relatime shared:50 master:3 - xfs /dev/drbd0 ro,attr2",
+        )
+        .unwrap();
+        assert_eq!(m.optional_fields, ["shared:50", "master:3"]);
+        assert!(m.read_only());
+    }
+
+    #[test]
+    fn octal_escapes_are_decoded() {
+        let m = parse_mountinfo_line(
+            r"41 27 7:1 / /tmp/with\040space\011tab\012nl\134bs rw,relatime - ext4 /dev/loop1 rw",
+        )
+        .unwrap();
+        assert_eq!(m.mount_point, Path::new("/tmp/with space\ttab\nnl\\bs"));
+        assert_eq!(unescape_octal(r"a\\b"), OsString::from(r"a\\b"));
+        assert_eq!(unescape_octal(r"end\04"), OsString::from(r"end\04"));
+        assert_eq!(unescape_octal(r"\377"), OsString::from_vec(vec![0xff]));
+    }
+
+    #[test]
+    fn bad_lines_are_errors_with_the_line() {
+        for line in [
+            "",
+            "x 35 98:0 / / rw - ext4 /dev/x rw",
+            "36 35 98 / / rw - ext4 /dev/x rw",
+            "36 35 98:0 / / rw shared:1",
+        ] {
+            let err = parse_mountinfo_line(line).unwrap_err();
+            assert_eq!(err.line, line);
+        }
+        assert_eq!(
+            parse_mountinfo("\n22 1 252:0 / / rw - ext4 /dev/vda rw\n\n")
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("/a/./b//c/")), Path::new("/a/b/c"));
+    }
+}
