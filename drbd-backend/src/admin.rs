@@ -17,16 +17,20 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    pub fn new(config: HaConfig, handle: AgentHandle, warnings: Vec<String>) -> Self {
+        Self {
+            config,
+            handle,
+            warnings: Arc::new(warnings),
+        }
+    }
+
     pub fn server(
         config: HaConfig,
         handle: AgentHandle,
         warnings: Vec<String>,
     ) -> AdminServer<Self> {
-        AdminServer::new(Self {
-            config,
-            handle,
-            warnings: Arc::new(warnings),
-        })
+        AdminServer::new(Self::new(config, handle, warnings))
     }
 }
 
@@ -251,5 +255,72 @@ pub async fn serve_metrics(
             );
             let _ = socket.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> AdminService {
+        AdminService::new(
+            HaConfig::with_lease("a", "b", 6000),
+            AgentHandle::default(),
+            vec!["fencing is off".into()],
+        )
+    }
+
+    #[tokio::test]
+    async fn switchover_is_refused_on_a_standby_with_the_reason() {
+        let err = service()
+            .switchover(GrpcRequest::new(pb::SwitchoverRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("not active"), "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn force_promote_demands_the_flag_and_says_what_it_risks() {
+        let svc = service();
+        let err = svc
+            .force_promote(GrpcRequest::new(pb::ForcePromoteRequest {
+                accept_data_loss: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message().contains("LOST") && err.message().contains("split brain"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(svc.handle.status().request, Request::None);
+        svc.force_promote(GrpcRequest::new(pb::ForcePromoteRequest {
+            accept_data_loss: true,
+        }))
+        .await
+        .unwrap();
+        assert_eq!(svc.handle.status().request, Request::ForcePromote);
+    }
+
+    #[tokio::test]
+    async fn status_and_metrics_report_a_standby() {
+        let svc = service();
+        let status = svc
+            .status(GrpcRequest::new(pb::AdminStatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((status.node.as_str(), status.peer.as_str()), ("a", "b"));
+        assert_eq!(status.warnings, vec!["fencing is off"]);
+        assert_eq!(status.last_takeover_ms, -1);
+        let text = metrics_text(&svc.config, &svc.handle.status(), Some(3));
+        assert!(text.contains("hanfs_active{node=\"a\"} 0"), "{text}");
+        assert!(text.contains("hanfs_volumes{node=\"a\"} 3"), "{text}");
+        assert!(
+            text.contains("# TYPE hanfs_lease_acquisitions_total counter"),
+            "{text}"
+        );
     }
 }

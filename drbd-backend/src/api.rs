@@ -17,7 +17,41 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 pub struct VolumeApi {
-    store: Arc<VolumeStore>,
+    slot: Arc<StoreSlot>,
+}
+
+/// Where the volume API finds its store: always there when serving a plain directory;
+/// on a storage server only while it is active (the store opens after the replicated
+/// filesystem is mounted and closes before it is unmounted). Calls meanwhile get
+/// UNAVAILABLE, which the CSI sidecars retry — by then the VIP points at the new active.
+#[derive(Default)]
+pub struct StoreSlot {
+    store: std::sync::RwLock<Option<Arc<VolumeStore>>>,
+}
+
+impl StoreSlot {
+    pub fn with(store: Arc<VolumeStore>) -> Self {
+        Self {
+            store: std::sync::RwLock::new(Some(store)),
+        }
+    }
+
+    pub fn set(&self, store: Option<Arc<VolumeStore>>) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    pub fn get(&self) -> Result<Arc<VolumeStore>, Status> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
+            Status::unavailable("this storage server is not active (the export is not mounted here); retry at the VIP")
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
 }
 
 /// Checks the bearer token on every call when one is configured.
@@ -55,8 +89,16 @@ pub fn service(
     store: Arc<VolumeStore>,
     auth_token: Option<String>,
 ) -> InterceptedService<VolumesServer<VolumeApi>, AuthCheck> {
+    service_for_slot(Arc::new(StoreSlot::with(store)), auth_token)
+}
+
+/// The tonic service over a store that comes and goes with the active role.
+pub fn service_for_slot(
+    slot: Arc<StoreSlot>,
+    auth_token: Option<String>,
+) -> InterceptedService<VolumesServer<VolumeApi>, AuthCheck> {
     VolumesServer::with_interceptor(
-        VolumeApi { store },
+        VolumeApi { slot },
         AuthCheck {
             expected: auth_token.map(Arc::from),
         },
@@ -272,7 +314,7 @@ impl Volumes for VolumeApi {
             mode: (r.mode != 0).then_some(r.mode),
             source,
         };
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let info = blocking("CreateVolume", move || store.create_volume(create)).await?;
         Ok(Response::new(volume_to_pb(info)))
     }
@@ -282,7 +324,7 @@ impl Volumes for VolumeApi {
         request: Request<pb::DeleteVolumeRequest>,
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let outcome = blocking("DeleteVolume", move || store.delete_volume(&dir)).await?;
         let (applied, kept_at) = match outcome {
             DeleteOutcome::Absent => (pb::OnDelete::Unspecified, String::new()),
@@ -303,7 +345,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::Volume>, Status> {
         let r = request.into_inner();
         let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let info = blocking("ExpandVolume", move || {
             store.expand_volume(&dir, r.capacity_bytes, 0)
         })
@@ -318,7 +360,7 @@ impl Volumes for VolumeApi {
         let r = request.into_inner();
         let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
         let on_delete = on_delete_from_pb(r.on_delete)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let info = blocking("ModifyVolume", move || store.set_on_delete(&dir, on_delete)).await?;
         Ok(Response::new(volume_to_pb(info)))
     }
@@ -328,7 +370,7 @@ impl Volumes for VolumeApi {
         request: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let info = blocking("GetVolume", move || store.get_volume(&dir)).await?;
         Ok(Response::new(volume_to_pb(info)))
     }
@@ -339,7 +381,7 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let r = request.into_inner();
         let max = page_size(r.max_entries)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let (volumes, next) = blocking("ListVolumes", move || {
             store.list_volumes(max, &r.starting_token)
         })
@@ -360,7 +402,7 @@ impl Volumes for VolumeApi {
         if r.request_name.is_empty() {
             return Err(Status::invalid_argument("request_name is required"));
         }
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let info = blocking("CreateSnapshot", move || {
             store.create_snapshot(&name, &r.request_name, &source)
         })
@@ -373,7 +415,7 @@ impl Volumes for VolumeApi {
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let existed = blocking("DeleteSnapshot", move || store.delete_snapshot(&name)).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse { existed }))
     }
@@ -383,7 +425,7 @@ impl Volumes for VolumeApi {
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::Snapshot>, Status> {
         let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let info = blocking("GetSnapshot", move || store.get_snapshot(&name)).await?;
         Ok(Response::new(snapshot_to_pb(info)))
     }
@@ -399,7 +441,7 @@ impl Volumes for VolumeApi {
         } else {
             Some(VolumeDir::parse(&r.source_volume).map_err(bad_name)?)
         };
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let (snapshots, next) = blocking("ListSnapshots", move || {
             store.list_snapshots(max, &r.starting_token, source.as_ref())
         })
@@ -414,7 +456,7 @@ impl Volumes for VolumeApi {
         &self,
         _: Request<pb::GetCapacityRequest>,
     ) -> Result<Response<pb::Capacity>, Status> {
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         Ok(Response::new(capacity_to_pb(
             blocking("GetCapacity", move || store.capacity()).await?,
         )))
@@ -424,7 +466,7 @@ impl Volumes for VolumeApi {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let store = self.store.clone();
+        let store = self.slot.get()?;
         let s = blocking("Status", move || store.status()).await?;
         Ok(Response::new(pb::StatusResponse {
             export_root: s.export_root.display().to_string(),

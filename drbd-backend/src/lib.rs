@@ -10,9 +10,11 @@
 //! - [`drivers`]: one module per outside thing: DRBD, filesystem mount, nfsd, VIP, tickle
 //!   ACKs, the Kubernetes Lease, external commands.
 //! - [`admin`]: status / switchover / force-promote, and Prometheus metrics.
+//! - [`agent_config`]: the agent's JSON configuration file.
 //!
 
 pub mod admin;
+pub mod agent_config;
 pub mod api;
 pub mod drivers;
 pub mod ha;

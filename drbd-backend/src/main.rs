@@ -1,11 +1,80 @@
-//! `hanfs-backend`: serves the volume API over an export directory.
+//! `hanfs-backend`: the storage-server binary.
+//!
+//! - no subcommand: serve the volume API over a plain export directory (local mode);
+//! - `agent`: the HA agent of a storage server (DRBD, nfsd, VIP, Lease) with the volume
+//!   API on the active node, the admin socket and `/metrics`;
+//! - `fence-peer`: DRBD's fence-peer handler;
+//! - `status`, `switchover`, `force-promote`: talk to a running agent.
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hanfs_backend::admin::{self, AdminService};
+use hanfs_backend::agent_config::AgentFile;
+use hanfs_backend::api::{self, StoreSlot};
+use hanfs_backend::drivers::drbd::{self, Drbd};
+use hanfs_backend::drivers::fs_mount::FsMount;
+use hanfs_backend::drivers::lease::LeaseClient;
+use hanfs_backend::drivers::nfsd::{Nfsd, NfsdConfig};
+use hanfs_backend::drivers::vip::Vip;
+use hanfs_backend::ha::agent::{Agent, AgentConfig};
+use hanfs_backend::ha::system::SystemStack;
 use hanfs_backend::volumes::store::CapacityPolicy;
 use hanfs_backend::volumes::{StoreConfig, VolumeStore};
 use hanfs_common::endpoint::{self, Endpoint, Listener};
-use std::path::PathBuf;
+use hanfs_proto::backend::v1 as pb;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hanfs-backend",
+    version,
+    about = "hanfs storage server: volume API, HA agent, admin commands"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HA agent of a storage server.
+    Agent {
+        /// The agent's JSON configuration.
+        #[arg(long, default_value = "/etc/hanfs/agent.json")]
+        config: PathBuf,
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// DRBD's fence-peer handler: record the peer as outdated in the Lease.
+    FencePeer {
+        #[arg(long, default_value = "/etc/hanfs/agent.json")]
+        config: PathBuf,
+    },
+    /// Show the agent's state.
+    Status {
+        #[arg(long, default_value = "/run/hanfs/admin.sock")]
+        socket: PathBuf,
+    },
+    /// Hand the service to the peer (run on the active node).
+    Switchover {
+        #[arg(long, default_value = "/run/hanfs/admin.sock")]
+        socket: PathBuf,
+    },
+    /// Become active even if this node's data may be stale (disaster recovery).
+    ForcePromote {
+        #[arg(long, default_value = "/run/hanfs/admin.sock")]
+        socket: PathBuf,
+        /// Required: writes acknowledged by the peer since the last resync may be lost.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Policy {
@@ -15,16 +84,11 @@ enum Policy {
     Thin,
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "hanfs-backend",
-    version,
-    about = "hanfs storage-server agent: the volume API over an export directory"
-)]
-struct Args {
+#[derive(Debug, Args)]
+struct ServeArgs {
     /// The exported directory (volumes live in <export-root>/volumes/<dir>).
     #[arg(long, env = "HANFS_EXPORT_ROOT")]
-    export_root: PathBuf,
+    export_root: Option<PathBuf>,
     /// Where the volume API listens: unix:///path.sock or tcp://host:port.
     #[arg(
         long,
@@ -56,19 +120,51 @@ fn parse_octal(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{text:?} is not an octal mode like 0777"))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
-    hanfs_common::logging::init(args.json_logs);
-    let token = match &args.auth_token_file {
-        Some(path) => Some(
+fn read_token(path: Option<&Path>) -> Result<Option<String>, Error> {
+    match path {
+        Some(path) => Ok(Some(
             std::fs::read_to_string(path)
                 .map_err(|e| format!("reading token file {}: {e}", path.display()))?
                 .trim()
                 .to_owned(),
-        ),
-        None => None,
+        )),
+        None => Ok(None),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Agent { config, json_logs }) => {
+            hanfs_common::logging::init(json_logs);
+            run_agent(&config).await
+        }
+        Some(Command::FencePeer { config }) => {
+            hanfs_common::logging::init(false);
+            let code = fence_peer(&config).await;
+            std::process::exit(code);
+        }
+        Some(Command::Status { socket }) => status(&socket).await,
+        Some(Command::Switchover { socket }) => switchover(&socket).await,
+        Some(Command::ForcePromote {
+            socket,
+            accept_data_loss,
+        }) => force_promote(&socket, accept_data_loss).await,
     };
+    if let Err(error) = result {
+        eprintln!("hanfs-backend: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Error> {
+    hanfs_common::logging::init(args.json_logs);
+    let export_root = args
+        .export_root
+        .ok_or("--export-root is required (or use a subcommand, see --help)")?;
+    let token = read_token(args.auth_token_file.as_deref())?;
     let endpoint = Endpoint::parse(&args.listen)?;
     if token.is_none() && matches!(endpoint, Endpoint::Tcp(_)) {
         tracing::warn!(
@@ -76,7 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let config = StoreConfig {
-        root: args.export_root,
+        root: export_root,
         capacity_policy: match args.capacity_policy {
             Policy::Reserve => CapacityPolicy::Reserve,
             Policy::Thin => CapacityPolicy::Thin,
@@ -88,8 +184,265 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(tokio::task::spawn_blocking(move || VolumeStore::open(config)).await??);
     let listener = Listener::bind(&endpoint).await?;
     tracing::info!(endpoint = %listener.local_endpoint(), "volume API serving");
-    let router =
-        tonic::transport::Server::builder().add_service(hanfs_backend::api::service(store, token));
+    let router = tonic::transport::Server::builder().add_service(api::service(store, token));
     endpoint::serve(router, listener, endpoint::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn kube_client(file: &AgentFile) -> Result<kube::Client, Error> {
+    let config = match &file.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn lease_client(file: &AgentFile, client: kube::Client) -> LeaseClient {
+    LeaseClient::new(
+        client,
+        &file.lease.namespace,
+        &file.lease.name,
+        &file.node,
+        Duration::from_millis(file.lease.duration_ms),
+        // A Lease call must answer well within a renew interval.
+        Duration::from_millis(file.lease.duration_ms / 6),
+    )
+}
+
+async fn run_agent(path: &Path) -> Result<(), Error> {
+    let file = AgentFile::load(path)?;
+    std::fs::create_dir_all(&file.state_dir)
+        .map_err(|e| format!("creating state dir {}: {e}", file.state_dir.display()))?;
+    let lease = lease_client(&file, kube_client(&file).await?);
+    let drbd = Drbd {
+        drbdadm: "drbdadm".into(),
+        drbdsetup: "drbdsetup".into(),
+        resource: file.drbd.resource.clone(),
+        timeout: Duration::from_secs(10),
+    };
+    let warnings = match drbd.dump_config().await {
+        Ok(text) => drbd::unsafe_options(&text),
+        Err(e) => vec![format!("cannot read the DRBD configuration: {e}")],
+    };
+    for warning in &warnings {
+        tracing::warn!(%warning, "unsafe DRBD configuration");
+    }
+    let mut mount = FsMount::new(
+        &file.drbd.device,
+        &file.filesystem.mountpoint,
+        &file.filesystem.fstype,
+    );
+    mount.options = file.filesystem.options.clone();
+    let mut nfsd_config = NfsdConfig::new(&file.filesystem.mountpoint, &file.nfsd.scope);
+    nfsd_config.lease_secs = file.nfsd.lease_secs;
+    nfsd_config.grace_secs = file.nfsd.grace_secs;
+    nfsd_config.threads = file.nfsd.threads;
+    nfsd_config.clients = file.nfsd.clients.clone();
+    let nfsd = Nfsd::new(nfsd_config)?;
+    let vip = Vip::new(
+        file.vip.address,
+        file.vip.prefix_len,
+        file.vip.interface.clone(),
+    );
+    let slot = Arc::new(StoreSlot::default());
+    let policy = if file.volume_api.thin {
+        CapacityPolicy::Thin
+    } else {
+        CapacityPolicy::Reserve
+    };
+    let stack = SystemStack::new(
+        drbd,
+        mount,
+        nfsd,
+        vip,
+        slot.clone(),
+        policy,
+        file.volume_api.default_volume_bytes,
+        file.last_resort,
+    );
+    stack.keep_warm().await;
+    let ha = file.ha();
+    let agent = Agent::new(
+        AgentConfig {
+            ha: ha.clone(),
+            tick: Duration::from_millis(250),
+            state_dir: file.state_dir.clone(),
+            step_timeout: Duration::from_secs(30),
+        },
+        lease,
+        stack,
+    );
+    let handle = agent.handle();
+
+    // The volume API listens on every node; only the active one has the store open.
+    let token = read_token(file.volume_api.token_file.as_deref())?;
+    let volume_listener = Listener::bind(&Endpoint::parse(&file.volume_api.listen)?).await?;
+    let router =
+        tonic::transport::Server::builder().add_service(api::service_for_slot(slot.clone(), token));
+    tokio::spawn(endpoint::serve(
+        router,
+        volume_listener,
+        std::future::pending(),
+    ));
+
+    let admin_listener = Listener::bind(&Endpoint::Unix(file.admin_socket.clone())).await?;
+    let admin_router = tonic::transport::Server::builder().add_service(AdminService::server(
+        ha.clone(),
+        handle.clone(),
+        warnings,
+    ));
+    tokio::spawn(endpoint::serve(
+        admin_router,
+        admin_listener,
+        std::future::pending(),
+    ));
+
+    if let Some(address) = &file.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("binding metrics {address}: {e}"))?;
+        let render_handle = handle.clone();
+        let render_slot = slot.clone();
+        let render = Arc::new(move || {
+            let volumes = render_slot
+                .get()
+                .ok()
+                .and_then(|s| s.status().ok())
+                .map(|s| s.volume_count);
+            admin::metrics_text(&ha, &render_handle.status(), volumes)
+        });
+        tokio::spawn(admin::serve_metrics(listener, render));
+    }
+    tracing::info!(node = %file.node, peer = %file.peer, "HA agent running");
+    agent.run(endpoint::shutdown_signal()).await;
+    Ok(())
+}
+
+async fn fence_peer(path: &Path) -> i32 {
+    let file = match AgentFile::load(path) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("fence-peer: {e}");
+            return hanfs_backend::ha::fence::EXIT_REFUSED;
+        }
+    };
+    let client = match kube_client(&file).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("fence-peer: {e}");
+            return hanfs_backend::ha::fence::EXIT_REFUSED;
+        }
+    };
+    let lease = lease_client(&file, client);
+    // DRBD holds I/O frozen while this runs; it must answer before the renew deadline.
+    let patience = Duration::from_millis(file.lease.duration_ms * 2 / 3);
+    let (code, message) = hanfs_backend::ha::fence::fence_peer(
+        &lease,
+        &file.node,
+        &file.peer,
+        &file.state_dir,
+        patience,
+    )
+    .await;
+    eprintln!("fence-peer: {message}");
+    code
+}
+
+fn admin_client(
+    socket: &Path,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, Error> {
+    Ok(pb::admin_client::AdminClient::new(endpoint::connect_lazy(
+        &Endpoint::Unix(socket.to_owned()),
+    )?))
+}
+
+fn described(status: tonic::Status) -> Error {
+    format!("{:?}: {}", status.code(), status.message()).into()
+}
+
+async fn status(socket: &Path) -> Result<(), Error> {
+    let s = admin_client(socket)?
+        .status(pb::AdminStatusRequest {})
+        .await
+        .map_err(described)?
+        .into_inner();
+    println!("node:        {} (peer {})", s.node, s.peer);
+    println!("state:       {}", s.summary);
+    println!(
+        "drbd:        {} {} / peer {} {} ({})",
+        s.drbd_role,
+        s.disk,
+        s.peer_role,
+        s.peer_disk,
+        if s.connected {
+            "connected"
+        } else {
+            "NOT connected"
+        }
+    );
+    println!(
+        "stack:       mounted={} nfsd={} exported={} vip={}",
+        s.mounted, s.nfsd, s.exported, s.vip
+    );
+    println!(
+        "lease:       holder {} ({} ms {})",
+        if s.lease_holder.is_empty() {
+            "nobody"
+        } else {
+            &s.lease_holder
+        },
+        s.lease_remaining_ms.abs(),
+        if s.lease_remaining_ms >= 0 {
+            "left"
+        } else {
+            "overdue"
+        }
+    );
+    if !s.outdated.is_empty() {
+        println!("fenced:      {} is marked outdated", s.outdated);
+    }
+    println!(
+        "takeovers:   {} (last: {})",
+        s.acquisitions,
+        if s.last_takeover_ms < 0 {
+            "none".to_string()
+        } else {
+            format!("{} ms", s.last_takeover_ms)
+        }
+    );
+    for warning in &s.warnings {
+        println!("WARNING:     {warning}");
+    }
+    for (what, text) in [
+        ("lease error", &s.lease_error),
+        ("step error", &s.last_step_error),
+    ] {
+        if !text.is_empty() {
+            println!("{what}: {text}");
+        }
+    }
+    Ok(())
+}
+
+async fn switchover(socket: &Path) -> Result<(), Error> {
+    let r = admin_client(socket)?
+        .switchover(pb::SwitchoverRequest {})
+        .await
+        .map_err(described)?
+        .into_inner();
+    println!("{}", r.message);
+    Ok(())
+}
+
+async fn force_promote(socket: &Path, accept_data_loss: bool) -> Result<(), Error> {
+    let r = admin_client(socket)?
+        .force_promote(pb::ForcePromoteRequest { accept_data_loss })
+        .await
+        .map_err(described)?
+        .into_inner();
+    println!("{}", r.message);
     Ok(())
 }

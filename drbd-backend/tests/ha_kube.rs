@@ -13,10 +13,13 @@
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
+use hanfs_backend::admin::{AdminService, metrics_text};
 use hanfs_backend::drivers::lease::LeaseClient;
 use hanfs_backend::drivers::vip::{GarpConfig, Vip};
 use hanfs_backend::ha::agent::{Agent, AgentConfig, AgentHandle, Stack, StackObservation};
-use hanfs_backend::ha::decide::{Disk, DrbdView, HaConfig, Request, Role, StackAction, StackView};
+use hanfs_backend::ha::decide::{Disk, DrbdView, HaConfig, Role, StackAction, StackView};
+use hanfs_proto::backend::v1 as pb;
+use hanfs_proto::backend::v1::admin_server::Admin;
 use hanfs_testkit::kube::KubeApiServer;
 use hanfs_testkit::netns::Topology;
 use std::net::Ipv4Addr;
@@ -328,6 +331,34 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     ));
     assert_eq!(c.holder().as_deref(), Some(NAMES[active]));
     assert!(!c.serving(standby));
+    let admin = |side: usize| {
+        AdminService::new(
+            HaConfig::with_lease(NAMES[side], NAMES[1 - side], LEASE_MS),
+            c.handle(side).clone(),
+            vec![],
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt
+        .block_on(admin(active).status(tonic::Request::new(pb::AdminStatusRequest {})))
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.vip && status.lease_holder == NAMES[active] && status.lease_remaining_ms > 0,
+        "{status:?}"
+    );
+    let metrics = metrics_text(
+        &HaConfig::with_lease(NAMES[active], NAMES[standby], LEASE_MS),
+        &c.handle(active).status(),
+        None,
+    );
+    assert!(
+        metrics.contains(&format!("hanfs_active{{node=\"{}\"}} 1", NAMES[active])),
+        "{metrics}"
+    );
 
     // 2. Renewal: three Lease durations later nothing changed hands.
     let version_before = c.lease_json()["metadata"]["resourceVersion"]
@@ -352,7 +383,15 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
 
     // 3. Planned hand-over: no waiting for expiry.
     let started = Instant::now();
-    c.handle(active).request(Request::Switchover);
+    let refused =
+        rt.block_on(admin(standby).switchover(tonic::Request::new(pb::SwitchoverRequest {})));
+    assert_eq!(
+        refused.unwrap_err().code(),
+        tonic::Code::FailedPrecondition,
+        "only the active hands over"
+    );
+    rt.block_on(admin(active).switchover(tonic::Request::new(pb::SwitchoverRequest {})))
+        .unwrap();
     c.wait_for("switchover", limit, |c| c.serving(standby));
     let switchover = started.elapsed();
     assert!(!c.serving(active));
@@ -547,7 +586,10 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
         overlap |= c.both_serving();
         !c.serving(0) && !c.serving(1)
     });
-    c.log(&format!("nobody serves {:.2}s after the outage began", down.as_secs_f64()));
+    c.log(&format!(
+        "nobody serves {:.2}s after the outage began",
+        down.as_secs_f64()
+    ));
     nix::sys::signal::kill(etcd, nix::sys::signal::Signal::SIGCONT).unwrap();
     c.wait_for("one node serves again after the outage", limit * 3, |c| {
         overlap |= c.both_serving();

@@ -11,9 +11,9 @@
 //! - [`nfsd`]: kernel NFS server steps (state dir, lease/grace, UTS-namespaced start, exports).
 
 pub mod command;
-pub mod lease;
-pub mod tickle;
-pub mod vip;
 pub mod drbd;
 pub mod fs_mount;
+pub mod lease;
 pub mod nfsd;
+pub mod tickle;
+pub mod vip;

@@ -6,8 +6,10 @@
 //! - [`sim`]: a two-node world (lease store, DRBD replication, partitions, crashes,
 //!   slow and failing actions) that drives `decide` and checks the safety rules; used
 //!   by the property tests.
+//! - [`system`]: the production stack: DRBD, filesystem, nfsd, VIP through the drivers.
 
 pub mod agent;
 pub mod decide;
 pub mod fence;
 pub mod sim;
+pub mod system;

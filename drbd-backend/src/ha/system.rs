@@ -1,0 +1,269 @@
+//! The production [`Stack`]: DRBD, the replicated filesystem, nfsd, the VIP and tickle
+//! ACKs through the drivers — plus the volume store, which opens after the filesystem
+//! is mounted and closes before it is unmounted, so the volume API answers only on
+//! the active node.
+//!
+//! Proven for real in the VM cluster (DRBD and nfsd are not in this host's kernel);
+//! the agent loop above it is tested against a real kube-apiserver with a double.
+
+use super::agent::{Stack, StackObservation};
+use super::decide::{Disk, DrbdView, Role, StackAction, StackView};
+use crate::api::StoreSlot;
+use crate::drivers::drbd::{self, ConnectionState, DiskState, Drbd};
+use crate::drivers::fs_mount::FsMount;
+use crate::drivers::nfsd::{CldDaemon, Nfsd};
+use crate::drivers::tickle;
+use crate::drivers::vip::{GarpConfig, Vip};
+use crate::volumes::store::CapacityPolicy;
+use crate::volumes::{StoreConfig, VolumeStore};
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What the node does when it is still Primary at a point where the peer may be active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LastResort {
+    /// Immediate reboot through sysrq: nothing written after it can be acknowledged.
+    Reboot,
+    /// Only log (test rigs that must not reboot; unsafe in production).
+    LogOnly,
+}
+
+pub struct SystemStack {
+    pub drbd: Drbd,
+    pub mount: FsMount,
+    pub nfsd: Nfsd,
+    pub vip: Vip,
+    /// Where the active keeps its NFS clients' connections (on the replicated disk).
+    pub clients_file: PathBuf,
+    pub nfs_port: u16,
+    pub store_slot: Arc<StoreSlot>,
+    pub capacity_policy: CapacityPolicy,
+    pub default_volume_bytes: i64,
+    pub last_resort: LastResort,
+    cld: tokio::sync::Mutex<Option<CldDaemon>>,
+    /// When the client list was last saved (monotonic ms).
+    clients_saved_at: AtomicU64,
+}
+
+impl SystemStack {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        drbd: Drbd,
+        mount: FsMount,
+        nfsd: Nfsd,
+        vip: Vip,
+        store_slot: Arc<StoreSlot>,
+        capacity_policy: CapacityPolicy,
+        default_volume_bytes: i64,
+        last_resort: LastResort,
+    ) -> Self {
+        let clients_file = mount.mountpoint.join(".hanfs/nfs-clients.json");
+        Self {
+            drbd,
+            mount,
+            nfsd,
+            vip,
+            clients_file,
+            nfs_port: 2049,
+            store_slot,
+            capacity_policy,
+            default_volume_bytes,
+            last_resort,
+            cld: tokio::sync::Mutex::new(None),
+            clients_saved_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads nfsd's modules and tools on the standby, so a takeover does not wait for them.
+    pub async fn keep_warm(&self) {
+        if let Err(e) = self.nfsd.keep_warm().await {
+            tracing::warn!(error = %e, "could not pre-load nfsd");
+        }
+    }
+
+    /// The active refreshes the list of its NFS clients' connections every few seconds,
+    /// so the next active can tickle them right after taking the VIP.
+    async fn save_clients(&self) {
+        let now = super::agent::monotonic_ms();
+        if now.saturating_sub(self.clients_saved_at.load(Ordering::Relaxed)) < 3000 {
+            return;
+        }
+        self.clients_saved_at.store(now, Ordering::Relaxed);
+        let server = SocketAddrV4::new(self.vip.address, self.nfs_port);
+        let path = self.clients_file.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let connections = tickle::read_established(server)?;
+            tickle::save(&path, &connections).map(|()| connections.len())
+        })
+        .await;
+        match saved {
+            Ok(Ok(count)) => tracing::debug!(count, "saved the NFS client list"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not save the NFS client list"),
+            Err(e) => tracing::warn!(error = %e, "saving the NFS client list panicked"),
+        }
+    }
+
+    async fn open_store(&self) -> Result<(), String> {
+        let config = StoreConfig {
+            root: self.mount.mountpoint.clone(),
+            capacity_policy: self.capacity_policy,
+            default_volume_bytes: self.default_volume_bytes,
+            default_mode: 0o777,
+            copy_hook: None,
+        };
+        let store = tokio::task::spawn_blocking(move || VolumeStore::open(config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("opening the volume store: {e}"))?;
+        self.store_slot.set(Some(Arc::new(store)));
+        Ok(())
+    }
+
+    async fn send_tickles(&self) -> Result<(), String> {
+        let path = self.clients_file.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            let connections = tickle::load(&path)?;
+            tickle::send_tickles(&connections)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        tracing::info!(
+            sent = report.sent,
+            failed = report.failures.len(),
+            "tickle ACKs sent to the NFS clients"
+        );
+        Ok(())
+    }
+}
+
+fn role_of(role: Option<&drbd::Role>) -> Role {
+    match role {
+        Some(drbd::Role::Primary) => Role::Primary,
+        Some(drbd::Role::Secondary) => Role::Secondary,
+        _ => Role::Unknown,
+    }
+}
+
+fn disk_of(disk: Option<&DiskState>) -> Disk {
+    match disk {
+        Some(DiskState::UpToDate) => Disk::UpToDate,
+        Some(DiskState::Consistent) => Disk::Consistent,
+        Some(DiskState::Outdated) => Disk::Outdated,
+        Some(DiskState::Inconsistent) => Disk::Inconsistent,
+        Some(DiskState::Diskless) => Disk::Diskless,
+        _ => Disk::Unknown,
+    }
+}
+
+impl Stack for SystemStack {
+    async fn observe(&self) -> StackObservation {
+        let drbd = match self.drbd.status().await {
+            Ok(status) if status.resource_up => {
+                let connected = matches!(status.connection, Some(ConnectionState::Connected));
+                Some(DrbdView {
+                    role: role_of(status.role.as_ref()),
+                    disk: disk_of(status.disk.as_ref()),
+                    connected,
+                    peer_role: if connected {
+                        role_of(status.peer_role.as_ref())
+                    } else {
+                        Role::Unknown
+                    },
+                    peer_disk: if connected {
+                        disk_of(status.peer_disk.as_ref())
+                    } else {
+                        Disk::Unknown
+                    },
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe DRBD");
+                None
+            }
+        };
+        let mounted = self.mount.is_mounted().await.unwrap_or(false);
+        let stack = StackView {
+            mounted,
+            // A writable filesystem, not just a mount entry: a dead disk shows here.
+            nfsd: self.nfsd.threads().await.is_ok_and(|t| t > 0),
+            exported: self.nfsd.is_exported().await.unwrap_or(false),
+            vip: self.vip.is_present().await.unwrap_or(false),
+        };
+        let stack = StackView {
+            mounted: mounted && self.mount.probe_writable().await.is_ok(),
+            ..stack
+        };
+        if stack.vip {
+            self.save_clients().await;
+        }
+        StackObservation { drbd, stack }
+    }
+
+    async fn run(&self, step: &StackAction) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        match step {
+            StackAction::Promote => self.drbd.promote().await.map_err(|x| e(&x)),
+            StackAction::PromoteForced { reason } => {
+                tracing::warn!(%reason, "forced promotion");
+                self.drbd.force_promote().await.map_err(|x| e(&x))
+            }
+            StackAction::Mount => {
+                self.mount.mount().await.map_err(|x| e(&x))?;
+                self.open_store().await
+            }
+            StackAction::StartNfsd => {
+                self.nfsd.prepare_state_dir().await.map_err(|x| e(&x))?;
+                let cld = self.nfsd.start_cld().await.map_err(|x| e(&x))?;
+                *self.cld.lock().await = Some(cld);
+                self.nfsd.write_times().await.map_err(|x| e(&x))?;
+                self.nfsd.start().await.map_err(|x| e(&x))
+            }
+            StackAction::Export => self.nfsd.export().await.map_err(|x| e(&x)),
+            StackAction::AddVip => {
+                self.vip.add().await.map_err(|x| e(&x))?;
+                // One gratuitous ARP before the tickles, or clients answer the dead MAC.
+                self.vip
+                    .announce(&GarpConfig::once())
+                    .await
+                    .map_err(|x| e(&x))
+            }
+            StackAction::SendTickles => self.send_tickles().await,
+            StackAction::RemoveVip => self.vip.remove().await.map(|_| ()).map_err(|x| e(&x)),
+            StackAction::Unexport => self.nfsd.unexport().await.map_err(|x| e(&x)),
+            StackAction::StopNfsd => {
+                self.nfsd.stop().await.map_err(|x| e(&x))?;
+                if let Some(cld) = self.cld.lock().await.take() {
+                    cld.stop().await.map_err(|x| e(&x))?;
+                }
+                Ok(())
+            }
+            StackAction::Unmount => {
+                self.store_slot.set(None);
+                self.mount.unmount().await.map(|_| ()).map_err(|x| e(&x))
+            }
+            StackAction::Demote => self.drbd.demote().await.map_err(|x| e(&x)),
+        }
+    }
+
+    async fn last_resort(&self, reason: &str) {
+        match self.last_resort {
+            LastResort::Reboot => {
+                tracing::error!(%reason, "LAST RESORT: rebooting now");
+                // sysrq 'b': immediate reboot without sync — the point is that nothing
+                // more is written or acknowledged from this node.
+                let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
+                let _ = std::fs::write("/proc/sysrq-trigger", "b");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            LastResort::LogOnly => {
+                tracing::error!(%reason, "LAST RESORT needed but configured log-only: this node may now be a second writer");
+            }
+        }
+    }
+}
