@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every hanfs test: unit and integration tests (real bind mounts, a real
-# loop-mounted XFS, real gRPC over unix sockets) and the upstream csi-sanity against
-# local mode. Needs root (mounts), Go (csi.proto and csi-sanity come from the Go
-# module proxy), Rust, and mkfs.xfs (xfsprogs). `.ci/run` installs what is missing.
+# loop-mounted XFS, real gRPC over unix sockets, VIPs and tickle ACKs in network
+# namespaces, two HA agents against a real kube-apiserver + etcd, the HA property
+# tests) and the upstream csi-sanity against local mode. Needs root (mounts,
+# namespaces), Go (csi.proto, csi-sanity, kube-apiserver and etcd come from the Go
+# module proxy; the first run builds kube-apiserver, ~5 min), Rust, mkfs.xfs, curl,
+# openssl and iproute2. `.ci/run` installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +20,9 @@ set +e
 cargo test --workspace 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
-cargo_passed=$(grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
-cargo_failed=$(grep -E "^test result:" "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+# libtest's "test result:" lines, plus the property-test binary's own "ha_model: N passed, N failed".
+cargo_passed=$(grep -E "^(test result:|ha_model: [0-9]+ passed)" "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+cargo_failed=$(grep -E "^(test result:|ha_model: [0-9]+ passed)" "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
 if [ "$cargo_rc" -ne 0 ]; then
     echo "cargo test failed (exit $cargo_rc)"
     echo "cargo: $cargo_passed passed, $cargo_failed failed"
