@@ -1,6 +1,7 @@
 //! Property tests of the HA decision core in the simulated two-node world (`ha::sim`):
 //! random fault sequences (crashes, partitions, API outages, slow/failing/hanging
-//! steps, switchovers, stack failures, hand edits of the Lease, agent restarts) with
+//! steps, switchovers, stack failures, hand edits of the Lease, agent restarts, pauses
+//! of a whole node with and without its clock stopping) with
 //! the safety rules checked after every 100 ms step, then liveness: once everything is
 //! healed, exactly one node serves.
 //!
@@ -26,6 +27,8 @@ fn fault() -> impl Strategy<Value = Fault> {
         (node.clone(), any::<bool>()).prop_map(|(i, on)| Fault::Slow(i, on)),
         (node.clone(), 0u8..50).prop_map(|(i, p)| Fault::Failing(i, p)),
         (node.clone(), any::<bool>()).prop_map(|(i, on)| Fault::HangUnmount(i, on)),
+        (node.clone(), 1u16..120, any::<bool>())
+            .prop_map(|(i, ticks, stops)| Fault::Pause(i, ticks, stops)),
         Just(Fault::TouchLease),
         proptest::option::of(node).prop_map(Fault::SetHolder),
     ]

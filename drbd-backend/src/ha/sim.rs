@@ -44,6 +44,11 @@ pub enum Fault {
     Slow(usize, bool),
     Failing(usize, u8),
     HangUnmount(usize, bool),
+    /// The node stops for this many steps (a VM or process pause, a long GC or I/O
+    /// stall) — the real form of a "clock jump" for an agent that only reads monotonic
+    /// time. With `true`, its monotonic clock stops too, so on waking it believes almost
+    /// no time has passed.
+    Pause(usize, u16, bool),
     /// Someone edits the Lease by hand: touches it (version bump) or sets the holder.
     TouchLease,
     SetHolder(Option<usize>),
@@ -117,6 +122,10 @@ struct Node {
     failing_percent: u8,
     hang_unmount: bool,
     api_ok: bool,
+    /// Paused until this global time.
+    paused_until: u64,
+    /// Milliseconds its monotonic clock missed while paused.
+    clock_stopped_ms: u64,
 }
 
 impl Node {
@@ -142,12 +151,19 @@ impl Node {
             failing_percent: 0,
             hang_unmount: false,
             api_ok: true,
+            paused_until: 0,
+            clock_stopped_ms: 0,
         }
     }
 
     fn local(&self, global: u64) -> Millis {
         let scaled = global as i128 * (1_000_000 + self.clock_rate_ppm as i128) / 1_000_000;
-        self.clock_offset + scaled as u64
+        (self.clock_offset + scaled as u64).saturating_sub(self.clock_stopped_ms)
+    }
+
+    /// Up and not paused: the agent and the kernel both run.
+    fn running(&self, global: u64) -> bool {
+        self.up && global >= self.paused_until
     }
 
     fn serving(&self) -> bool {
@@ -204,6 +220,9 @@ pub struct World {
     pub trace: bool,
     /// Set by [`run_scenario`]: some step after healing had exactly one node serving.
     pub served_after_heal: bool,
+    /// A paused Primary stays Primary while the peer takes over (nothing can demote a
+    /// stopped machine); from then on the checks are the data-level ones.
+    pauses_happened: bool,
 }
 
 impl World {
@@ -243,6 +262,7 @@ impl World {
             violations: Vec::new(),
             trace: false,
             served_after_heal: false,
+            pauses_happened: false,
         }
     }
 
@@ -253,8 +273,14 @@ impl World {
         });
     }
 
+    /// DRBD's link: both kernels running, and never two Primaries (DRBD refuses that
+    /// handshake: a split brain stays disconnected).
     fn connected(&self) -> bool {
-        self.link_ok && self.nodes[0].up && self.nodes[1].up
+        let [a, b] = &self.nodes;
+        self.link_ok
+            && a.running(self.now)
+            && b.running(self.now)
+            && !(a.role == Role::Primary && b.role == Role::Primary)
     }
 
     fn disk(&self, i: usize) -> Disk {
@@ -317,6 +343,17 @@ impl World {
             Fault::Slow(i, on) => self.nodes[i].slow = on,
             Fault::Failing(i, p) => self.nodes[i].failing_percent = p.min(60),
             Fault::HangUnmount(i, on) => self.nodes[i].hang_unmount = on,
+            Fault::Pause(i, ticks, clock_stops) => {
+                let n = &mut self.nodes[i];
+                if n.running(self.now) {
+                    let duration = ticks as u64 * TICK;
+                    n.paused_until = self.now + duration;
+                    if clock_stops {
+                        n.clock_stopped_ms += duration;
+                    }
+                    self.pauses_happened = true;
+                }
+            }
             Fault::TouchLease => {
                 self.bump();
             }
@@ -622,7 +659,8 @@ impl World {
             }
         }
         for i in 0..2 {
-            if !self.nodes[i].up || self.nodes[i].role != Role::Primary || connected {
+            if !self.nodes[i].running(self.now) || self.nodes[i].role != Role::Primary || connected
+            {
                 continue;
             }
             // Connection lost while Primary: I/O freezes until the fence-peer handler
@@ -648,7 +686,7 @@ impl World {
             }
         }
         for i in 0..2 {
-            if self.nodes[i].serving() && !self.nodes[i].frozen {
+            if self.nodes[i].running(self.now) && self.nodes[i].serving() && !self.nodes[i].frozen {
                 self.nodes[i].generation += 1;
                 if connected && self.nodes[1 - i].generation + 1 == self.nodes[i].generation {
                     self.nodes[1 - i].generation += 1;
@@ -660,16 +698,28 @@ impl World {
     }
 
     fn check(&mut self) {
-        let both_up = self.nodes[0].up && self.nodes[1].up;
-        if both_up && self.nodes[0].role == Role::Primary && self.nodes[1].role == Role::Primary {
-            self.violation("both nodes Primary".into());
-        }
-        let may_serve = |w: &World, i: usize| {
+        let now = self.now;
+        // Data level, always: never two nodes that can acknowledge writes.
+        let can_ack = |w: &World, i: usize| {
             let n = &w.nodes[i];
-            n.up && (n.role == Role::Primary || n.valid_holder(w.now))
+            n.running(now) && n.serving() && !n.frozen
         };
-        if may_serve(self, 0) && may_serve(self, 1) {
-            self.violation("both nodes may serve writes".into());
+        if can_ack(self, 0) && can_ack(self, 1) {
+            self.violation("both nodes acknowledge writes".into());
+        }
+        if !self.pauses_happened {
+            let both_up = self.nodes[0].up && self.nodes[1].up;
+            if both_up && self.nodes[0].role == Role::Primary && self.nodes[1].role == Role::Primary
+            {
+                self.violation("both nodes Primary".into());
+            }
+            let may_serve = |w: &World, i: usize| {
+                let n = &w.nodes[i];
+                n.up && (n.role == Role::Primary || n.valid_holder(w.now))
+            };
+            if may_serve(self, 0) && may_serve(self, 1) {
+                self.violation("both nodes may serve writes".into());
+            }
         }
         for i in 0..2 {
             let n = &self.nodes[i];
@@ -699,13 +749,13 @@ impl World {
             self.nodes[i].up = true;
         }
         for i in 0..2 {
-            if self.nodes[i].up {
+            if self.nodes[i].running(self.now) {
                 self.finish_lease_action(i);
                 self.finish_stack_action(i);
             }
         }
         for i in 0..2 {
-            if self.nodes[i].up {
+            if self.nodes[i].running(self.now) {
                 let observed = self.observe(i);
                 self.start_actions(i, &observed);
             }
@@ -852,6 +902,39 @@ mod tests {
                 .any(|v| v.what.contains("both nodes")),
             "{:?}",
             world.violations
+        );
+    }
+
+    /// The classic VM-pause hazard: the active stops (clock included) long enough for the
+    /// peer to take over, then wakes believing its Lease is fresh. It is still Primary
+    /// (nothing could demote it), but DRBD lost the connection, freezes its I/O, and the
+    /// fence-peer handler refuses (it no longer holds the Lease): it never acknowledges a
+    /// write again, and the peer keeps every acknowledged one.
+    #[test]
+    fn a_paused_active_whose_clock_stopped_never_acknowledges_after_waking() {
+        let mut world = World::new(11, 6000);
+        for _ in 0..170 {
+            world.tick();
+        }
+        let active = if world.nodes[0].serving() { 0 } else { 1 };
+        world.apply(Fault::Pause(active, 150, true));
+        let mut peer_served = false;
+        for _ in 0..300 {
+            world.tick();
+            peer_served |= world.nodes[1 - active].serving();
+            let woke = world.now >= world.nodes[active].paused_until;
+            if woke && world.nodes[active].serving() {
+                assert!(
+                    world.nodes[active].frozen,
+                    "a woken stale active must be frozen"
+                );
+            }
+        }
+        assert!(peer_served, "the peer took over during the pause");
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
+        assert!(
+            world.stats.last_resorts >= 1 || !world.nodes[active].serving(),
+            "the stale active stood down"
         );
     }
 }
