@@ -171,7 +171,10 @@ mod tests {
     fn the_documented_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent.json");
         let file = AgentFile::load(&path).unwrap();
-        assert_eq!((file.node.as_str(), file.peer.as_str()), ("storage-a", "storage-b"));
+        assert_eq!(
+            (file.node.as_str(), file.peer.as_str()),
+            ("storage-a", "storage-b")
+        );
         assert_eq!(file.metrics_listen.as_deref(), Some("0.0.0.0:9821"));
     }
 

@@ -70,6 +70,7 @@ impl Stack for RecordingDrbdNfsDouble {
                 } else {
                     Disk::Unknown
                 },
+                io_frozen: false,
             }),
             stack,
         }
@@ -108,7 +109,10 @@ impl Stack for RecordingDrbdNfsDouble {
             StackAction::StopNfsd => s.nfsd = false,
             StackAction::Export => s.exported = true,
             StackAction::Unexport => s.exported = false,
-            StackAction::AddVip | StackAction::RemoveVip | StackAction::SendTickles => {}
+            StackAction::AddVip
+            | StackAction::RemoveVip
+            | StackAction::SendTickles
+            | StackAction::ResumeIo => {}
         }
         Ok(())
     }

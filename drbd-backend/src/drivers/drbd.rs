@@ -857,6 +857,11 @@ impl Drbd {
         }
     }
 
+    /// `drbdadm resume-io`: let frozen I/O continue (after the fence record is written).
+    pub async fn resume_io(&self) -> Result<(), DrbdError> {
+        self.drbdadm("resume-io", &["resume-io"]).await.map(drop)
+    }
+
     /// `drbdadm outdate`: mark our data Outdated (refused while Primary).
     pub async fn outdate(&self) -> Result<(), DrbdError> {
         self.drbdadm("outdate", &["outdate"]).await.map(drop)

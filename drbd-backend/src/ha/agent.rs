@@ -298,6 +298,7 @@ async fn perform_lease_action(
             record.handover_to = handover_to.clone();
         }
         LeaseAction::ClearOutdated => record.outdated = None,
+        LeaseAction::RecordPeerOutdated => record.outdated = Some(config.ha.peer.clone()),
     }
     match lease.write(&record, action == LeaseAction::Acquire).await {
         Ok(version) => {
@@ -318,7 +319,7 @@ async fn perform_lease_action(
                     }
                     status.health_failures = 0;
                 }
-                LeaseAction::ClearOutdated => {}
+                LeaseAction::ClearOutdated | LeaseAction::RecordPeerOutdated => {}
             }
             if action == LeaseAction::Acquire {
                 status.acquisitions += 1;

@@ -156,6 +156,9 @@ pub struct DrbdView {
     pub connected: bool,
     pub peer_role: Role,
     pub peer_disk: Disk,
+    /// I/O suspended by `fencing resource-and-stonith`: the fence-peer handler has not
+    /// (yet) recorded the peer as outdated. Nothing is acknowledged meanwhile.
+    pub io_frozen: bool,
 }
 
 /// The serving stack above DRBD.
@@ -217,6 +220,9 @@ pub enum LeaseAction {
     },
     /// The fenced peer has resynced: its data is current again.
     ClearOutdated,
+    /// What the fence-peer handler does, retried by the agent when the handler gave up
+    /// (e.g. the API server was briefly unreachable) and I/O is still frozen.
+    RecordPeerOutdated,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +243,8 @@ pub enum StackAction {
     StopNfsd,
     Unmount,
     Demote,
+    /// `drbdadm resume-io`, once the Lease records the peer as outdated.
+    ResumeIo,
 }
 
 impl StackAction {
@@ -438,6 +446,14 @@ fn decide_with_lease(
             let kind = eligible.unwrap_or(PromoteKind::Normal);
             let gated_room = age.is_some_and(|a| a + c.gated_step_timeout < c.renew_deadline);
             d.stack = bring_up(o, &kind, gated_room);
+            // Frozen by fencing and the handler gave up: do its job, then resume I/O.
+            if o.drbd.is_some_and(|x| x.io_frozen && !x.connected) {
+                if record.outdated.as_deref() == Some(c.peer.as_str()) {
+                    d.stack.insert(0, StackAction::ResumeIo);
+                } else if d.lease.is_none() {
+                    d.lease = Some(LeaseAction::RecordPeerOutdated);
+                }
+            }
             let peer_resynced = o
                 .drbd
                 .is_some_and(|x| x.connected && x.peer_disk == Disk::UpToDate);
@@ -475,12 +491,15 @@ fn decide_with_lease(
 /// What the fence-peer handler answers DRBD (DESIGN.md §4 rule 4): record the peer as
 /// outdated in the Lease only while holding it, so frozen I/O resumes only when the peer
 /// provably cannot be promoted.
+///
+/// The record is written even when it already names the peer: the write changes the
+/// Lease's version, so an unfence the active decided before this disconnection (a
+/// `ClearOutdated` still in flight) fails its compare-and-swap instead of erasing the
+/// record the resumed writes depend on. (The property tests found that race.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceDecision {
     /// Write `outdated = peer` (a compare-and-swap on the record's version).
     RecordOutdated,
-    /// Already recorded: answer "peer outdated" without a write.
-    AlreadyOutdated,
     /// Not the holder: refuse; DRBD keeps I/O frozen.
     Refuse(String),
 }
@@ -497,11 +516,7 @@ pub fn fence_decision(
             record.holder.as_deref().unwrap_or("nobody")
         ));
     }
-    if record.outdated.as_deref() == Some(peer) {
-        FenceDecision::AlreadyOutdated
-    } else {
-        FenceDecision::RecordOutdated
-    }
+    FenceDecision::RecordOutdated
 }
 
 #[cfg(test)]
@@ -540,6 +555,7 @@ mod tests {
             connected: true,
             peer_role: Role::Secondary,
             peer_disk: Disk::UpToDate,
+            io_frozen: false,
         }
     }
 
@@ -757,11 +773,26 @@ mod tests {
         record.outdated = Some("b".into());
         assert_eq!(
             fence_decision(&record, "a", Some("t1"), "b"),
-            FenceDecision::AlreadyOutdated
+            FenceDecision::RecordOutdated,
+            "written again, to win over an unfence in flight"
         );
         assert!(matches!(
             fence_decision(&record, "b", Some("t1"), "a"),
             FenceDecision::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn a_holder_frozen_by_fencing_records_the_peer_then_resumes_io() {
+        let c = config();
+        let mut frozen = drbd(Role::Primary, Disk::UpToDate);
+        frozen.connected = false;
+        frozen.io_frozen = true;
+        let mut o = observed(1000, Some(lease(Some("a"), 900, Some(900))), frozen, ALL_UP);
+        assert_eq!(decide(&o, &c).lease, Some(LeaseAction::RecordPeerOutdated));
+        o.lease.as_mut().unwrap().record.outdated = Some("b".into());
+        let d = decide(&o, &c);
+        assert_eq!(d.stack.first(), Some(&StackAction::ResumeIo));
+        assert_eq!(d.lease, None);
     }
 }

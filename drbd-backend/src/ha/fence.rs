@@ -30,12 +30,6 @@ pub async fn fence_peer(
     while Instant::now() < deadline {
         match lease.read().await {
             Ok(mut record) => match fence_decision(&record, node, tenure.id.as_deref(), peer) {
-                FenceDecision::AlreadyOutdated => {
-                    return (
-                        EXIT_PEER_OUTDATED,
-                        format!("{peer} was already recorded outdated"),
-                    );
-                }
                 FenceDecision::Refuse(why) => return (EXIT_REFUSED, why),
                 FenceDecision::RecordOutdated => {
                     record.outdated = Some(peer.to_owned());

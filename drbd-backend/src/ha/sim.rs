@@ -126,6 +126,8 @@ struct Node {
     paused_until: u64,
     /// Milliseconds its monotonic clock missed while paused.
     clock_stopped_ms: u64,
+    /// DRBD ran the fence-peer handler for the current disconnection.
+    fence_attempted: bool,
 }
 
 impl Node {
@@ -153,6 +155,7 @@ impl Node {
             api_ok: true,
             paused_until: 0,
             clock_stopped_ms: 0,
+            fence_attempted: false,
         }
     }
 
@@ -187,6 +190,7 @@ impl Node {
         self.role = Role::Secondary;
         self.knows_up_to_date = false;
         self.frozen = false;
+        self.fence_attempted = false;
         self.stack = StackView::default();
         // A reboot restarts the monotonic clock from an arbitrary point.
         self.clock_offset = self.clock_offset.wrapping_mul(31).wrapping_add(17) % 1_000_000;
@@ -425,6 +429,7 @@ impl World {
             } else {
                 Disk::Unknown
             },
+            io_frozen: self.nodes[i].frozen,
         };
         let n = &self.nodes[i];
         Observed {
@@ -556,6 +561,13 @@ impl World {
                 self.nodes[i].health_failures = 0;
             }
             LeaseAction::ClearOutdated => self.lease.outdated = None,
+            LeaseAction::RecordPeerOutdated => {
+                if self.lease.holder.as_deref() != Some(me.as_str()) {
+                    return;
+                }
+                self.lease.outdated = Some(self.nodes[i].config.peer.clone());
+                self.stats.fences += 1;
+            }
         }
         self.bump();
     }
@@ -615,6 +627,10 @@ impl World {
                 n.role = Role::Secondary;
                 false
             }
+            StackAction::ResumeIo => {
+                n.frozen = false;
+                false
+            }
             _ => false,
         };
         if promoted {
@@ -659,20 +675,24 @@ impl World {
             }
         }
         for i in 0..2 {
-            if !self.nodes[i].running(self.now) || self.nodes[i].role != Role::Primary || connected
+            if connected {
+                self.nodes[i].fence_attempted = false;
+            }
+            if !self.nodes[i].running(self.now)
+                || self.nodes[i].role != Role::Primary
+                || connected
+                || self.nodes[i].fence_attempted
             {
                 continue;
             }
-            // Connection lost while Primary: I/O freezes until the fence-peer handler
-            // has recorded the peer as outdated (fencing resource-and-stonith).
-            let peer = self.nodes[1 - i].config.node.clone();
-            if self.lease.outdated.as_deref() == Some(peer.as_str()) {
-                self.nodes[i].frozen = false;
-                continue;
-            }
+            // Connection lost while Primary: DRBD freezes I/O and runs the fence-peer
+            // handler once; only its "peer outdated" answer resumes I/O. If it fails, I/O
+            // stays frozen until the agent records the peer and resumes it.
+            self.nodes[i].fence_attempted = true;
             self.nodes[i].frozen = true;
             if self.nodes[i].api_ok {
                 let me = self.nodes[i].config.node.clone();
+                let peer = self.nodes[1 - i].config.node.clone();
                 match fence_decision(&self.lease, &me, self.nodes[i].tenure.as_deref(), &peer) {
                     FenceDecision::RecordOutdated => {
                         self.lease.outdated = Some(peer);
@@ -680,7 +700,6 @@ impl World {
                         self.stats.fences += 1;
                         self.nodes[i].frozen = false;
                     }
-                    FenceDecision::AlreadyOutdated => self.nodes[i].frozen = false,
                     FenceDecision::Refuse(_) => {}
                 }
             }
@@ -936,5 +955,24 @@ mod tests {
             world.stats.last_resorts >= 1 || !world.nodes[active].serving(),
             "the stale active stood down"
         );
+    }
+
+    #[test]
+    fn scenario_five() {
+        use Fault::*;
+        let world = replay(
+            14803522750110324434,
+            6000,
+            &[
+                (31, KillNfsd(0)),
+                (13, Pause(1, 5, false)),
+                (4, Pause(1, 2, false)),
+                (0, Crash(0)),
+                (0, Restart(1)),
+                (19, CutApi(0)),
+                (45, Failing(0, 0)),
+            ],
+        );
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
     }
 }

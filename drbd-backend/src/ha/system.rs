@@ -179,6 +179,7 @@ impl Stack for SystemStack {
                     } else {
                         Disk::Unknown
                     },
+                    io_frozen: status.suspended.contains(&drbd::SuspendReason::Fencing),
                 })
             }
             Ok(_) => None,
@@ -248,6 +249,7 @@ impl Stack for SystemStack {
                 self.mount.unmount().await.map(|_| ()).map_err(|x| e(&x))
             }
             StackAction::Demote => self.drbd.demote().await.map_err(|x| e(&x)),
+            StackAction::ResumeIo => self.drbd.resume_io().await.map_err(|x| e(&x)),
         }
     }
 
