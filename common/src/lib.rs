@@ -6,11 +6,14 @@
 //!   shutdown signal, and dialling one.
 //! - [`identity`]: the CSI Identity service both CSI binaries serve.
 //! - [`logging`]: tracing setup (text or JSON).
+//! - [`mountinfo`]: pure parser of `/proc/self/mountinfo` and lookups in the table
+//!   (what is mounted where, from which device); the node and the backend both read it.
 
 pub mod endpoint;
 pub mod identity;
 pub mod ids;
 pub mod logging;
+pub mod mountinfo;
 
 /// The CSI driver name unless configured otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "hanfs.csi.io";

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
 use hanfs_backend::drivers::fs_mount::*;
+use hanfs_common::mountinfo;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,8 +66,7 @@ impl Drop for Scratch {
             let _ = child.wait();
         }
         // Deepest (latest) mounts first; lazy so that nothing can make this fail.
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<PathBuf> = parse_mountinfo(&mountinfo)
+        let mut ours: Vec<PathBuf> = mountinfo::read_self()
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.mount_point)

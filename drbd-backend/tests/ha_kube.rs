@@ -22,8 +22,9 @@ use hanfs_proto::backend::v1 as pb;
 use hanfs_proto::backend::v1::admin_server::Admin;
 use hanfs_testkit::kube::KubeApiServer;
 use hanfs_testkit::netns::Topology;
+use hanfs_testkit::thread_ns::{block_on, block_on_in, spawn_in};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,20 +127,6 @@ impl Stack for RecordingDrbdNfsDouble {
     }
 }
 
-/// Runs `work` on a thread inside network namespace `ns`, with its own runtime: every
-/// socket it opens (the Lease client, netlink) lives in that namespace.
-fn in_namespace<T: Send + 'static>(
-    ns: &str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = PathBuf::from("/run/netns").join(ns);
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        work()
-    })
-}
-
 async fn kube_client(kubeconfig: &Path) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -204,12 +191,10 @@ impl Cluster {
         let vip = Vip::new(self.vip, hanfs_testkit::netns::PREFIX_LEN, "eth0");
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = in_namespace(&ns, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
+        // On a thread in the member's namespace: every socket the agent opens (the Lease
+        // client, netlink) lives there.
+        let thread = spawn_in(&ns, move || {
+            block_on(async move {
                 let client = kube_client(&kubeconfig).await;
                 let config = AgentConfig {
                     ha: HaConfig::with_lease(NAMES[side], NAMES[1 - side], LEASE_MS),
@@ -302,8 +287,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let topology = Topology::new(2).unwrap();
     let workdir = tempfile::tempdir().unwrap();
     let api = KubeApiServer::start(topology.core_ns(), topology.core_ip(), workdir.path()).unwrap();
-    let octets = topology.core_ip().octets();
-    let vip = Ipv4Addr::new(octets[0], octets[1], octets[2], 100);
+    let vip = topology.subnet_ip(100);
     let mut c = Cluster {
         topology,
         api,
@@ -448,26 +432,18 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let fence_ns = c.topology.member_ns(active).to_owned();
     let kubeconfig = c.api.kubeconfig();
     let state_dir = c.state.path().join(NAMES[active]);
-    let (code, message) = in_namespace(&fence_ns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let client = kube_client(&kubeconfig).await;
-            let lease = lease_client(client, NAMES[active]);
-            hanfs_backend::ha::fence::fence_peer(
-                &lease,
-                NAMES[active],
-                NAMES[standby],
-                &state_dir,
-                Duration::from_secs(5),
-            )
-            .await
-        })
-    })
-    .join()
-    .unwrap();
+    let (code, message) = block_on_in(&fence_ns, move || async move {
+        let client = kube_client(&kubeconfig).await;
+        let lease = lease_client(client, NAMES[active]);
+        hanfs_backend::ha::fence::fence_peer(
+            &lease,
+            NAMES[active],
+            NAMES[standby],
+            &state_dir,
+            Duration::from_secs(5),
+        )
+        .await
+    });
     c.log(&format!(
         "fence-peer on {}: exit {code}: {message}",
         NAMES[active]
@@ -481,25 +457,17 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let fence_ns = c.topology.member_ns(standby).to_owned();
     let kubeconfig = c.api.kubeconfig();
     let state_dir = c.state.path().join(NAMES[standby]);
-    let (code, _) = in_namespace(&fence_ns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let lease = lease_client(kube_client(&kubeconfig).await, NAMES[standby]);
-            hanfs_backend::ha::fence::fence_peer(
-                &lease,
-                NAMES[standby],
-                NAMES[active],
-                &state_dir,
-                Duration::from_secs(2),
-            )
-            .await
-        })
-    })
-    .join()
-    .unwrap();
+    let (code, _) = block_on_in(&fence_ns, move || async move {
+        let lease = lease_client(kube_client(&kubeconfig).await, NAMES[standby]);
+        hanfs_backend::ha::fence::fence_peer(
+            &lease,
+            NAMES[standby],
+            NAMES[active],
+            &state_dir,
+            Duration::from_secs(2),
+        )
+        .await
+    });
     assert_eq!(code, hanfs_backend::ha::fence::EXIT_REFUSED);
 
     c.agents[active].as_mut().unwrap().stop();
@@ -509,16 +477,9 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
         pair.role[active] = None;
         pair.stack[active] = StackView::default();
     }
-    let _ = in_namespace(c.topology.member_ns(active), {
+    let _ = spawn_in(c.topology.member_ns(active), {
         let vip = Vip::new(c.vip, hanfs_testkit::netns::PREFIX_LEN, "eth0");
-        move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(vip.remove())
-                .unwrap();
-        }
+        move || block_on(vip.remove()).unwrap()
     })
     .join();
     c.log(&format!(

@@ -3,7 +3,6 @@
 //! - [`config`]: what the plugin is told at start ([`NodeConfig`], [`Transport`]).
 //! - [`service`]: the CSI Node RPCs ([`NodeService`]); stateless, mountinfo is the truth.
 //! - [`mount_spec`]: pure: which mount(2) arguments a publish needs (bind or NFSv4).
-//! - [`mountinfo`]: pure parser of `/proc/self/mountinfo`: what is mounted where.
 //! - [`target_path`]: checks that publish targets stay below the allowed roots.
 //! - [`syscall_helper`]: mount/umount/statfs in a child process with a deadline, and
 //!   the hidden `helper` subcommand that child runs.
@@ -13,7 +12,6 @@
 pub mod config;
 pub mod error;
 pub mod mount_spec;
-pub mod mountinfo;
 pub mod service;
 pub mod stats;
 pub mod syscall_helper;

@@ -8,11 +8,11 @@
 use crate::config::{NodeConfig, Transport};
 use crate::error::NodeError;
 use crate::mount_spec::{self, MountSpec};
-use crate::mountinfo::{self, MountInfo};
 use crate::stats;
 use crate::syscall_helper::Helper;
 use crate::target_path;
 use hanfs_common::ids::VolumeId;
+use hanfs_common::mountinfo::{self, MountInfo};
 use hanfs_proto::csi::v1::node_server::Node;
 use hanfs_proto::csi::v1::node_service_capability::{Rpc, Type, rpc};
 use hanfs_proto::csi::v1::volume_capability::AccessType;
@@ -210,8 +210,9 @@ impl NodeService {
             Transport::Local { export_root } => {
                 let source = mount_spec::local_source(export_root, &id.dir);
                 let source = std::fs::canonicalize(&source).unwrap_or(source);
-                mountinfo::origin_of(table, &source)
-                    .is_some_and(|(device, root)| mounted.device == device && mounted.root == root)
+                mountinfo::origin_of(table, &source).is_some_and(|(device, root)| {
+                    mounted.device() == device && mounted.root == root
+                })
             }
             Transport::Nfs { .. } => {
                 mounted.is_nfs()
@@ -275,8 +276,8 @@ impl NodeService {
                     ),
                 });
             }
-            if mounted.read_only() != spec.read_only() {
-                let (is, wanted) = if mounted.read_only() {
+            if mounted.mount_read_only() != spec.read_only() {
+                let (is, wanted) = if mounted.mount_read_only() {
                     ("read-only", "read-write")
                 } else {
                     ("read-write", "read-only")

@@ -7,7 +7,8 @@
 
 use hanfs_common::endpoint::{Endpoint, Listener, connect_lazy};
 use hanfs_common::ids::ClusterId;
-use hanfs_node::{NodeConfig, Transport, mountinfo};
+use hanfs_common::mountinfo;
+use hanfs_node::{NodeConfig, Transport};
 use hanfs_proto::csi::v1::identity_client::IdentityClient;
 use hanfs_proto::csi::v1::node_client::NodeClient;
 use hanfs_proto::csi::v1::volume_capability::{

@@ -12,6 +12,7 @@
 //!   namespace, N members on veth pairs) that can be partitioned; wraps `e2e/netns/netns.sh`.
 //! - [`kube`]: [`kube::KubeApiServer`], etcd + kube-apiserver inside a namespace; wraps
 //!   `e2e/kube/build.sh` (builds the binaries into a cache once) and `e2e/kube/start.sh`.
+//! - [`thread_ns`]: run a closure or a future on a thread inside a network namespace.
 //!
 //! Needs root (`ip netns`), `ip`, `curl`, `openssl`, and Go for the first build.
 
@@ -19,6 +20,7 @@ pub mod cmd;
 pub mod kube;
 pub mod netns;
 pub mod process;
+pub mod thread_ns;
 
 use std::path::PathBuf;
 

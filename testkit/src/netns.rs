@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cmd::{self, CmdError};
 
@@ -16,6 +16,10 @@ pub const PREFIX: &str = "hanfs-t-";
 pub const PREFIX_LEN: u8 = 24;
 /// Bound on one `netns.sh` call (`up` with many members is the slowest, ~20 ms a member).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on one `ip` call.
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`wait_for_neighbour`] looks.
+const NEIGHBOUR_POLL: Duration = Duration::from_millis(25);
 
 /// Distinguishes topologies of one process; with the pid it makes the namespace names unique.
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -32,6 +36,9 @@ pub enum Error {
     /// A member index past the end.
     #[error("no member {index} (topology has {members})")]
     NoMember { index: usize, members: usize },
+    /// `ip link` shows no MAC address for the interface.
+    #[error("no MAC address for {dev} in {ns}")]
+    NoMac { ns: String, dev: String },
 }
 
 /// One member namespace.
@@ -138,6 +145,13 @@ impl Topology {
     /// Member `i`'s address on `eth0`. Panics if `i >= members()` (a test bug).
     pub fn member_ip(&self, i: usize) -> Ipv4Addr {
         self.members[i].ip
+    }
+
+    /// Address `.host` in the topology's /24, for one a test adds itself (a VIP); the
+    /// core has `.1`, the members `.11` upwards.
+    pub fn subnet_ip(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.core_ip.octets();
+        Ipv4Addr::new(a, b, c, host)
     }
 
     /// All namespaces of this topology, core first.
@@ -263,6 +277,56 @@ pub fn pids(ns: &str) -> Result<Vec<u32>, Error> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect())
+}
+
+/// Runs `ip -n <ns> <args…>` and returns its stdout.
+pub fn ip(ns: &str, args: &[&str]) -> Result<String, Error> {
+    let out = cmd::run(Command::new("ip").args(["-n", ns]).args(args), IP_TIMEOUT)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The MAC address of interface `dev` in `ns`.
+pub fn link_mac(ns: &str, dev: &str) -> Result<String, Error> {
+    word_after(&ip(ns, &["-o", "link", "show", "dev", dev])?, "link/ether").ok_or_else(|| {
+        Error::NoMac {
+            ns: ns.to_owned(),
+            dev: dev.to_owned(),
+        }
+    })
+}
+
+/// The MAC that `ns` has for `address` on `dev` in its neighbour (ARP) table, if any.
+pub fn neighbour_mac(ns: &str, dev: &str, address: Ipv4Addr) -> Result<Option<String>, Error> {
+    let out = ip(ns, &["neigh", "show", &address.to_string(), "dev", dev])?;
+    Ok(word_after(&out, "lladdr"))
+}
+
+/// Polls (every 25 ms, up to `timeout`) until `ns` maps `address` on `dev` to `mac`;
+/// whether it did.
+pub fn wait_for_neighbour(
+    ns: &str,
+    dev: &str,
+    address: Ipv4Addr,
+    mac: &str,
+    timeout: Duration,
+) -> Result<bool, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if neighbour_mac(ns, dev, address)?.as_deref() == Some(mac) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(NEIGHBOUR_POLL);
+    }
+}
+
+/// The word after `key` in `text`.
+fn word_after(text: &str, key: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.by_ref().find(|w| *w == key)?;
+    words.next().map(str::to_owned)
 }
 
 fn script() -> Command {

@@ -1,7 +1,8 @@
 //! The replicated filesystem: mounting it on the DRBD device, unmounting it even when
 //! something holds it, telling whether it is mounted, and proving it still takes writes.
 //!
-//! - [`parse_mountinfo`] reads `/proc/self/mountinfo` (pure; octal escapes decoded).
+//! - [`FsMount::mounted`] reads `/proc/self/mountinfo` under the deadline and parses it
+//!   with [`hanfs_common::mountinfo`].
 //! - [`FsMount`] runs `mount`/`umount` through [`command::run`]; unmount falls back
 //!   from plain to `-f` to `-l`, each step under the deadline.
 //! - [`probe_writable`] writes, fsyncs and removes a file on a thread of its own under
@@ -9,9 +10,9 @@
 //!   number of stuck probes is bounded.
 
 use crate::drivers::command::{self, CommandError};
+use hanfs_common::mountinfo::{self, MountInfo};
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,145 +71,6 @@ pub enum FsError {
     /// Earlier probes are still stuck; no new thread is started.
     #[error("write probe {path} not started: {in_flight} earlier probes are still stuck")]
     ProbesStuck { path: PathBuf, in_flight: usize },
-}
-
-// ---------------------------------------------------------------------------------------
-// /proc/self/mountinfo
-// ---------------------------------------------------------------------------------------
-
-/// One line of `/proc/<pid>/mountinfo` (proc(5)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    pub mount_id: u32,
-    pub parent_id: u32,
-    /// `st_dev` of files on this mount: the block device's major:minor for disk
-    /// filesystems.
-    pub major: u32,
-    pub minor: u32,
-    /// The directory of the filesystem that is the root of this mount.
-    pub root: PathBuf,
-    pub mount_point: PathBuf,
-    /// Per-mount options (`rw`, `ro`, `noatime`, …).
-    pub mount_options: Vec<String>,
-    /// `shared:N`, `master:N`, … (zero or more).
-    pub optional_fields: Vec<String>,
-    pub fstype: String,
-    /// The device or other source (`/dev/drbd0`, `tmpfs`, …).
-    pub source: String,
-    /// Per-superblock options.
-    pub super_options: Vec<String>,
-}
-
-impl MountInfo {
-    /// Mounted read-only (either per mount or per superblock).
-    pub fn read_only(&self) -> bool {
-        self.mount_options.iter().any(|o| o == "ro") || self.super_options.iter().any(|o| o == "ro")
-    }
-}
-
-/// A mountinfo line that does not have proc(5)'s shape.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("bad mountinfo line ({reason}): {line:?}")]
-pub struct MountInfoError {
-    pub line: String,
-    pub reason: &'static str,
-}
-
-/// Decodes the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline,
-/// `\134` backslash) in a mountinfo path or source. Paths need not be UTF-8.
-pub fn unescape_octal(s: &str) -> OsString {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(byte) = u8::try_from(v) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    OsString::from_vec(out)
-}
-
-/// Parses one mountinfo line:
-/// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue`.
-pub fn parse_mountinfo_line(line: &str) -> Result<MountInfo, MountInfoError> {
-    let err = |reason| MountInfoError {
-        line: line.to_owned(),
-        reason,
-    };
-    let mut words = line.split(' ');
-    let mut next = |what| {
-        words
-            .next()
-            .filter(|w| !w.is_empty())
-            .ok_or_else(|| err(what))
-    };
-    let mount_id = next("no mount id")?
-        .parse()
-        .map_err(|_| err("mount id is not a number"))?;
-    let parent_id = next("no parent id")?
-        .parse()
-        .map_err(|_| err("parent id is not a number"))?;
-    let (major, minor) = next("no major:minor")?
-        .split_once(':')
-        .ok_or_else(|| err("no ':' in major:minor"))?;
-    let major = major.parse().map_err(|_| err("major is not a number"))?;
-    let minor = minor.parse().map_err(|_| err("minor is not a number"))?;
-    let root = PathBuf::from(unescape_octal(next("no root")?));
-    let mount_point = PathBuf::from(unescape_octal(next("no mount point")?));
-    let mount_options = next("no mount options")?
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    let mut optional_fields = Vec::new();
-    loop {
-        match next("no '-' separator")? {
-            "-" => break,
-            field => optional_fields.push(field.to_owned()),
-        }
-    }
-    let fstype = next("no fstype")?.to_owned();
-    // The source may be empty on some pseudo filesystems; tolerate that.
-    let source = words.next().unwrap_or("");
-    let super_options = words
-        .next()
-        .unwrap_or("")
-        .split(',')
-        .filter(|o| !o.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Ok(MountInfo {
-        mount_id,
-        parent_id,
-        major,
-        minor,
-        root,
-        mount_point,
-        mount_options,
-        optional_fields,
-        fstype,
-        source: unescape_octal(source).to_string_lossy().into_owned(),
-        super_options,
-    })
-}
-
-/// Parses a whole mountinfo text (blank lines ignored).
-pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>, MountInfoError> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(parse_mountinfo_line)
-        .collect()
 }
 
 /// `a/./b//c/` → `a/b/c`, lexically (no filesystem access: a hung filesystem must not
@@ -288,11 +150,11 @@ impl FsMount {
             path: self.mountinfo.clone(),
             reason,
         };
-        let text = tokio::time::timeout(self.timeout, tokio::fs::read_to_string(&self.mountinfo))
+        let text = tokio::time::timeout(self.timeout, tokio::fs::read(&self.mountinfo))
             .await
             .map_err(|_| table_err(format!("not read within {:?}", self.timeout)))?
             .map_err(|e| table_err(e.to_string()))?;
-        let entries = parse_mountinfo(&text).map_err(|e| table_err(e.to_string()))?;
+        let entries = mountinfo::parse_strict(&text).map_err(|e| table_err(e.to_string()))?;
         // Later lines are mounted on top of earlier ones.
         Ok(entries
             .into_iter()
@@ -469,66 +331,6 @@ fn write_probe_file(path: &Path) -> Result<(), (&'static str, std::io::Error)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc5_example_and_optional_fields() {
-        let m = parse_mountinfo_line(
-            "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue",
-        )
-        .unwrap();
-        assert_eq!((m.mount_id, m.parent_id, m.major, m.minor), (36, 35, 98, 0));
-        assert_eq!(m.root, Path::new("/mnt1"));
-        assert_eq!(m.mount_point, Path::new("/mnt2"));
-        assert_eq!(m.mount_options, ["rw", "noatime"]);
-        assert_eq!(m.optional_fields, ["master:1"]);
-        assert_eq!(
-            (m.fstype.as_str(), m.source.as_str()),
-            ("ext3", "/dev/root")
-        );
-        assert_eq!(m.super_options, ["rw", "errors=continue"]);
-        assert!(!m.read_only());
-
-        let m =
-            parse_mountinfo_line("22 1 252:0 / / rw,relatime - ext4 /dev/vda rw,discard").unwrap();
-        assert!(m.optional_fields.is_empty());
-        let m = parse_mountinfo_line(
-            "90 22 147:0 / /srv/export ro,relatime shared:50 master:3 - xfs /dev/drbd0 ro,attr2",
-        )
-        .unwrap();
-        assert_eq!(m.optional_fields, ["shared:50", "master:3"]);
-        assert!(m.read_only());
-    }
-
-    #[test]
-    fn octal_escapes_are_decoded() {
-        let m = parse_mountinfo_line(
-            r"41 27 7:1 / /tmp/with\040space\011tab\012nl\134bs rw,relatime - ext4 /dev/loop1 rw",
-        )
-        .unwrap();
-        assert_eq!(m.mount_point, Path::new("/tmp/with space\ttab\nnl\\bs"));
-        assert_eq!(unescape_octal(r"a\\b"), OsString::from(r"a\\b"));
-        assert_eq!(unescape_octal(r"end\04"), OsString::from(r"end\04"));
-        assert_eq!(unescape_octal(r"\377"), OsString::from_vec(vec![0xff]));
-    }
-
-    #[test]
-    fn bad_lines_are_errors_with_the_line() {
-        for line in [
-            "",
-            "x 35 98:0 / / rw - ext4 /dev/x rw",
-            "36 35 98 / / rw - ext4 /dev/x rw",
-            "36 35 98:0 / / rw shared:1",
-        ] {
-            let err = parse_mountinfo_line(line).unwrap_err();
-            assert_eq!(err.line, line);
-        }
-        assert_eq!(
-            parse_mountinfo("\n22 1 252:0 / / rw - ext4 /dev/vda rw\n\n")
-                .unwrap()
-                .len(),
-            1
-        );
-    }
 
     #[test]
     fn normalize_is_lexical() {

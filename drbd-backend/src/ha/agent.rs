@@ -234,19 +234,7 @@ async fn lease_lane<S: Stack>(
                 let now = monotonic_ms();
                 let mut status = handle.lock();
                 status.lease_error = None;
-                match &mut status.lease {
-                    Some(view) if view.record == record => {}
-                    Some(view) => {
-                        view.record = record;
-                        view.changed_at = now;
-                    }
-                    None => {
-                        status.lease = Some(LeaseView {
-                            record,
-                            changed_at: now,
-                        })
-                    }
-                }
+                LeaseView::observe(&mut status.lease, record, now);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the Lease");

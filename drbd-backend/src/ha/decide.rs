@@ -119,6 +119,20 @@ pub struct LeaseView {
     pub changed_at: Millis,
 }
 
+impl LeaseView {
+    /// Folds a fresh read of the Lease into what this node knows: `changed_at` restarts
+    /// only when the record differs from the one seen last, so an unchanged Lease ages
+    /// towards expiry on this node's own clock.
+    pub fn observe(view: &mut Option<LeaseView>, record: LeaseRecord, now: Millis) {
+        if view.as_ref().is_none_or(|seen| seen.record != record) {
+            *view = Some(LeaseView {
+                record,
+                changed_at: now,
+            });
+        }
+    }
+}
+
 /// What this node remembers of its own tenure; the agent persists it (it survives agent
 /// restarts, and the monotonic clock keeps counting), a reboot clears it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -546,6 +560,28 @@ mod tests {
                 renewed_at,
             },
         )
+    }
+
+    #[test]
+    fn an_unchanged_lease_keeps_its_changed_at() {
+        let (first, _) = lease(Some("b"), 0, None);
+        let mut view = None;
+        LeaseView::observe(&mut view, first.record.clone(), 100);
+        assert_eq!(view.as_ref().map(|v| v.changed_at), Some(100));
+        LeaseView::observe(&mut view, first.record.clone(), 200);
+        assert_eq!(view.as_ref().map(|v| v.changed_at), Some(100));
+        let renewed = LeaseRecord {
+            version: "2".into(),
+            ..first.record
+        };
+        LeaseView::observe(&mut view, renewed.clone(), 300);
+        assert_eq!(
+            view,
+            Some(LeaseView {
+                record: renewed,
+                changed_at: 300
+            })
+        );
     }
 
     fn drbd(role: Role, disk: Disk) -> DrbdView {

@@ -389,21 +389,7 @@ impl World {
     fn observe(&mut self, i: usize) -> Observed {
         let local = self.nodes[i].local(self.now);
         if self.nodes[i].api_ok {
-            let record = self.lease.clone();
-            let n = &mut self.nodes[i];
-            match &mut n.view {
-                Some(view) if view.record == record => {}
-                Some(view) => {
-                    view.record = record;
-                    view.changed_at = local;
-                }
-                None => {
-                    n.view = Some(LeaseView {
-                        record,
-                        changed_at: local,
-                    })
-                }
-            }
+            LeaseView::observe(&mut self.nodes[i].view, self.lease.clone(), local);
         }
         // The agent forgets stack failures once it has stood down: they were failures of
         // the active stack, and a standby may be needed again.

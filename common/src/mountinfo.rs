@@ -1,8 +1,10 @@
-//! Parsing `/proc/self/mountinfo` (proc(5)), one line at a time.
+//! Parsing `/proc/self/mountinfo` (proc(5)), one line at a time, and looking things up
+//! in the parsed table. Everything but [`read_self`] is pure.
 //!
 //! Reading mountinfo never touches a mounted filesystem (the kernel prints what it
-//! keeps in memory), so it is safe to do in-process even when an NFS server is dead;
-//! that is why every "is it mounted?" question is answered here and not with stat(2).
+//! keeps in memory), so it is safe to do in-process even when an NFS server or a DRBD
+//! device hangs; that is why every "is it mounted?" question is answered here and not
+//! with stat(2).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -11,9 +13,10 @@ use thiserror::Error;
 
 pub const SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
 
-#[derive(Debug, Error, PartialEq, Eq)]
+/// A mountinfo line that does not have proc(5)'s shape; each variant carries the line.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum MountinfoError {
-    /// A line with fewer fields than proc(5) promises.
+    /// A line with fewer fields than proc(5) promises (or without the `-` separator).
     #[error("mountinfo line has too few fields: {0:?}")]
     TooFewFields(String),
     /// A numeric field that is not a number.
@@ -21,40 +24,66 @@ pub enum MountinfoError {
     BadNumber { field: &'static str, line: String },
 }
 
+impl MountinfoError {
+    /// The offending line (lossily decoded).
+    pub fn line(&self) -> &str {
+        match self {
+            MountinfoError::TooFewFields(line) | MountinfoError::BadNumber { line, .. } => line,
+        }
+    }
+}
+
 /// One mount as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
     pub mount_id: u32,
     pub parent_id: u32,
-    /// `major:minor` of the filesystem (the same for all bind mounts of it).
-    pub device: String,
+    /// `st_dev` of files on this mount: for disk filesystems the block device's
+    /// major:minor; the same for all bind mounts of one filesystem.
+    pub major: u32,
+    pub minor: u32,
     /// The directory of the filesystem that is mounted here (`/` unless a bind mount
     /// or an NFS mount of a subdirectory on a shared superblock).
     pub root: PathBuf,
     pub mount_point: PathBuf,
-    /// Per-mount options (`rw`/`ro`, `nosuid`, ...).
+    /// Per-mount options (`rw`/`ro`, `nosuid`, `noatime`, ...).
     pub mount_options: Vec<String>,
-    pub fs_type: String,
-    /// `/dev/vda`, `server:/export/volumes/x`, ...
+    /// `shared:N`, `master:N`, ... (zero or more).
+    pub optional_fields: Vec<String>,
+    pub fstype: String,
+    /// `/dev/vda`, `/dev/drbd0`, `server:/export/volumes/x`, ...; may be empty on pseudo
+    /// filesystems.
     pub source: String,
     /// Per-superblock options (for NFS: `vers=4.2,addr=...`).
     pub super_options: Vec<String>,
 }
 
 impl MountInfo {
-    /// Whether this mount is read-only (per mount, as a `ro` bind remount makes it).
+    /// `major:minor`, as the kernel prints it.
+    pub fn device(&self) -> String {
+        format!("{}:{}", self.major, self.minor)
+    }
+
+    /// Whether writes are refused: read-only per mount or per superblock (as after an
+    /// `errors=remount-ro`).
     pub fn read_only(&self) -> bool {
+        self.mount_read_only() || self.super_options.iter().any(|o| o == "ro")
+    }
+
+    /// Whether this mount itself is read-only (as a `ro` bind remount makes it),
+    /// whatever the superblock says.
+    pub fn mount_read_only(&self) -> bool {
         self.mount_options.iter().any(|o| o == "ro")
     }
 
     pub fn is_nfs(&self) -> bool {
-        self.fs_type == "nfs" || self.fs_type == "nfs4"
+        self.fstype == "nfs" || self.fstype == "nfs4"
     }
 }
 
 /// Undoes the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
-/// backslash); anything else is kept as it is.
-fn unescape(field: &[u8]) -> Vec<u8> {
+/// backslash); anything else is kept as it is. Paths need not be UTF-8.
+pub fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
@@ -97,58 +126,78 @@ fn options(field: &[u8]) -> Vec<String> {
 
 /// Parses one line:
 /// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue`.
-/// Optional fields before the `-` are skipped (there may be none or several).
+/// Optional fields before the `-` are collected (there may be none or several).
 pub fn parse_line(line: &[u8]) -> Result<MountInfo, MountinfoError> {
     let shown = || String::from_utf8_lossy(line).into_owned();
-    let fields: Vec<&[u8]> = line
-        .split(|b| *b == b' ')
-        .filter(|f| !f.is_empty())
-        .collect();
-    let separator = fields.iter().position(|f| *f == b"-");
-    let (Some(sep), true) = (separator, fields.len() >= 6) else {
-        return Err(MountinfoError::TooFewFields(shown()));
+    let too_few = || MountinfoError::TooFewFields(shown());
+    let bad = |field| MountinfoError::BadNumber {
+        field,
+        line: shown(),
     };
-    if sep < 6 || fields.len() < sep + 3 {
-        return Err(MountinfoError::TooFewFields(shown()));
+    // Single spaces separate the fields (the kernel escapes spaces inside them), so an
+    // empty field is a real one: only the source may be empty, on pseudo filesystems
+    // mounted with an empty source string.
+    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    let sep = fields.iter().position(|f| *f == b"-").ok_or_else(too_few)?;
+    // Six fixed fields before the optional ones; fstype and source after the separator.
+    if sep < 6 || fields.len() < sep + 3 || fields[..6].iter().any(|f| f.is_empty()) {
+        return Err(too_few());
     }
     let number = |field: &'static str, value: &[u8]| {
         std::str::from_utf8(value)
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
-            .ok_or_else(|| MountinfoError::BadNumber {
-                field,
-                line: shown(),
-            })
+            .ok_or_else(|| bad(field))
     };
+    let (major, minor) = std::str::from_utf8(fields[2])
+        .ok()
+        .and_then(|d| d.split_once(':'))
+        .ok_or_else(|| bad("major:minor"))?;
     Ok(MountInfo {
         mount_id: number("mount id", fields[0])?,
         parent_id: number("parent id", fields[1])?,
-        device: text_field(fields[2]),
+        major: number("major", major.as_bytes())?,
+        minor: number("minor", minor.as_bytes())?,
         root: path_field(fields[3]),
         mount_point: path_field(fields[4]),
         mount_options: options(fields[5]),
-        fs_type: text_field(fields[sep + 1]),
+        optional_fields: fields[6..sep]
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| text_field(f))
+            .collect(),
+        fstype: text_field(fields[sep + 1]),
         source: text_field(fields[sep + 2]),
         super_options: fields.get(sep + 3).map(|f| options(f)).unwrap_or_default(),
     })
 }
 
+/// The non-blank lines of a mountinfo text, parsed.
+fn lines(text: &[u8]) -> impl Iterator<Item = Result<MountInfo, MountinfoError>> {
+    text.split(|b| *b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .map(parse_line)
+}
+
 /// Parses a whole mountinfo text; lines that do not parse are logged and skipped
 /// (a format change must not make every mount invisible).
 pub fn parse(text: &[u8]) -> Vec<MountInfo> {
-    text.split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| match parse_line(line) {
-            Ok(info) => Some(info),
-            Err(err) => {
-                tracing::warn!(%err, "skipping unparseable mountinfo line");
-                None
-            }
+    lines(text)
+        .filter_map(|parsed| {
+            parsed
+                .inspect_err(|err| tracing::warn!(%err, "skipping unparseable mountinfo line"))
+                .ok()
         })
         .collect()
 }
 
-/// The mount table of this process's mount namespace.
+/// Parses a whole mountinfo text; the first line that does not parse is the error (for
+/// callers that must not act on a partial table).
+pub fn parse_strict(text: &[u8]) -> Result<Vec<MountInfo>, MountinfoError> {
+    lines(text).collect()
+}
+
+/// The mount table of this process's mount namespace ([`parse`]).
 pub fn read_self() -> std::io::Result<Vec<MountInfo>> {
     Ok(parse(&std::fs::read(SELF_MOUNTINFO)?))
 }
@@ -170,9 +219,10 @@ pub fn topmost_at<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountI
         .copied()
 }
 
-/// Where `path` (an existing, canonical path) lives: the device and the directory
-/// inside that filesystem. A bind mount of `path` shows exactly these as its
-/// `device` and `root`, which is how a bind mount is traced back to its source.
+/// Where `path` (an existing, canonical path) lives: the device (`major:minor`) and the
+/// directory inside that filesystem. A bind mount of `path` shows exactly these as its
+/// [`MountInfo::device`] and `root`, which is how a bind mount is traced back to its
+/// source.
 pub fn origin_of(mounts: &[MountInfo], path: &Path) -> Option<(String, PathBuf)> {
     // The deepest mount point containing `path`; among equals the last (topmost) one.
     let mount = mounts
@@ -185,7 +235,7 @@ pub fn origin_of(mounts: &[MountInfo], path: &Path) -> Option<(String, PathBuf)>
             _ => Some(m),
         })?;
     let relative = path.strip_prefix(&mount.mount_point).ok()?;
-    Some((mount.device.clone(), mount.root.join(relative)))
+    Some((mount.device(), mount.root.join(relative)))
 }
 
 /// All mount points at or below `dir`, deepest first (the order to unmount them in).
@@ -213,14 +263,42 @@ mod tests {
     fn parses_a_plain_line() {
         let m = parse_line(ROOT.as_bytes()).unwrap();
         assert_eq!(
-            (m.mount_id, m.parent_id, m.device.as_str()),
+            (m.mount_id, m.parent_id, m.device().as_str()),
             (27, 1, "254:0")
         );
         assert_eq!(m.mount_point, Path::new("/"));
-        assert_eq!(m.fs_type, "ext4");
+        assert_eq!(m.fstype, "ext4");
         assert_eq!(m.source, "/dev/vda");
         assert!(!m.read_only());
         assert_eq!(m.super_options, vec!["rw", "discard"]);
+    }
+
+    #[test]
+    fn parses_proc5_example_and_optional_fields() {
+        let m = parse_line(
+            b"36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue",
+        )
+        .unwrap();
+        assert_eq!((m.mount_id, m.parent_id, m.major, m.minor), (36, 35, 98, 0));
+        assert_eq!(m.root, Path::new("/mnt1"));
+        assert_eq!(m.mount_point, Path::new("/mnt2"));
+        assert_eq!(m.mount_options, ["rw", "noatime"]);
+        assert_eq!(m.optional_fields, ["master:1"]);
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("ext3", "/dev/root")
+        );
+        assert_eq!(m.super_options, ["rw", "errors=continue"]);
+        assert!(!m.read_only());
+
+        let m = parse_line(b"22 1 252:0 / / rw,relatime - ext4 /dev/vda rw,discard").unwrap();
+        assert!(m.optional_fields.is_empty());
+        let m = parse_line(
+            b"90 22 147:0 / /srv/export ro,relatime shared:50 master:3 - xfs /dev/drbd0 ro,attr2",
+        )
+        .unwrap();
+        assert_eq!(m.optional_fields, ["shared:50", "master:3"]);
+        assert!(m.read_only());
     }
 
     #[test]
@@ -230,6 +308,16 @@ mod tests {
         assert_eq!(m.mount_point, Path::new("/tmp/.tmpAbc/target dir"));
         assert!(!m.is_nfs());
         assert!(parse_line(BIND_RO.as_bytes()).unwrap().read_only());
+    }
+
+    #[test]
+    fn read_only_per_mount_or_per_superblock() {
+        let ro_bind = parse_line(BIND_RO.as_bytes()).unwrap();
+        assert!(ro_bind.mount_read_only() && ro_bind.read_only());
+        // After errors=remount-ro only the superblock may say so.
+        let m = parse_line(b"90 22 147:0 / /srv/export rw - xfs /dev/drbd0 ro,attr2").unwrap();
+        assert!(!m.mount_read_only());
+        assert!(m.read_only());
     }
 
     #[test]
@@ -254,6 +342,18 @@ mod tests {
     }
 
     #[test]
+    fn octal_escapes_are_decoded() {
+        let m = parse_line(
+            br"41 27 7:1 / /tmp/with\040space\011tab\012nl\134bs rw,relatime - ext4 /dev/loop1 rw",
+        )
+        .unwrap();
+        assert_eq!(m.mount_point, Path::new("/tmp/with space\ttab\nnl\\bs"));
+        assert_eq!(unescape(br"a\\b"), br"a\\b");
+        assert_eq!(unescape(br"end\04"), br"end\04");
+        assert_eq!(unescape(br"\377"), [0xff]);
+    }
+
+    #[test]
     fn rejects_short_or_malformed_lines_and_skips_them_in_a_table() {
         assert!(matches!(
             parse_line(b"1 2 3"),
@@ -275,9 +375,36 @@ mod tests {
     }
 
     #[test]
+    fn bad_lines_are_errors_with_the_line() {
+        for line in [
+            "",
+            "x 35 98:0 / / rw - ext4 /dev/x rw",
+            "36 35 98 / / rw - ext4 /dev/x rw",
+            "36 35 98:0 / / rw shared:1",
+        ] {
+            let err = parse_line(line.as_bytes()).unwrap_err();
+            assert_eq!(err.line(), line);
+        }
+        assert_eq!(
+            parse_strict(b"\n22 1 252:0 / / rw - ext4 /dev/vda rw\n\n")
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(parse_strict(format!("{ROOT}\ngarbage\n").as_bytes()).is_err());
+    }
+
+    #[test]
     fn a_line_without_super_options_still_parses() {
         let m = parse_line(b"30 27 0:40 / /mnt rw - tmpfs tmpfs").unwrap();
         assert!(m.super_options.is_empty());
+    }
+
+    #[test]
+    fn an_empty_source_is_tolerated() {
+        let m = parse_line(b"31 27 0:41 / /mnt rw - tmpfs  rw,size=64k").unwrap();
+        assert_eq!(m.source, "");
+        assert_eq!(m.super_options, ["rw", "size=64k"]);
     }
 
     #[test]
