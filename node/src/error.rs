@@ -46,6 +46,9 @@ pub enum NodeError {
     /// No mount of this volume at the path.
     #[error("volume {volume} is not mounted at {path}")]
     NotMounted { volume: String, path: String },
+    /// Publish names a staging path where the volume is not staged.
+    #[error("volume {volume} is not staged at {path}: NodeStageVolume must succeed first")]
+    NotStaged { volume: String, path: String },
     /// Another publish/unpublish for the same target is still running.
     #[error("an operation on {} is already in progress", .0.display())]
     Busy(PathBuf),
@@ -92,6 +95,7 @@ impl NodeError {
             | NodeError::VolumeMissing { .. }
             | NodeError::NotMounted { .. } => Code::NotFound,
             NodeError::MountedDifferently { .. } => Code::AlreadyExists,
+            NodeError::NotStaged { .. } => Code::FailedPrecondition,
             NodeError::Busy(_) => Code::Aborted,
             NodeError::Resolve { .. } => Code::Unavailable,
             NodeError::Helper(err) if err.is_timeout() => Code::DeadlineExceeded,

@@ -1,4 +1,5 @@
-//! The CSI Node service: publish (mount), unpublish, stats and expand of volumes.
+//! The CSI Node service: stage (the node's one mount of a volume), publish (a bind
+//! mount of it per pod), unpublish, unstage, stats and expand.
 //!
 //! Stateless: what is mounted where is read from mountinfo on every call, so a restarted
 //! plugin picks up where the last one left off. Syscalls that touch a mount path run in
@@ -47,6 +48,15 @@ impl Drop for Claim {
         if let Ok(mut set) = self.in_flight.lock() {
             set.remove(&self.target);
         }
+    }
+}
+
+/// The mount flags of a filesystem capability; block access is refused.
+fn mount_flags_of(capability: &VolumeCapability) -> Result<&[String], NodeError> {
+    match &capability.access_type {
+        Some(AccessType::Mount(mount)) => Ok(&mount.mount_flags),
+        Some(AccessType::Block(_)) => Err(NodeError::BlockAccess),
+        None => Err(NodeError::NoAccessType),
     }
 }
 
@@ -247,28 +257,90 @@ impl NodeService {
             .volume_capability
             .as_ref()
             .ok_or(NodeError::Missing("volume_capability"))?;
-        let mount_flags = match &capability.access_type {
-            Some(AccessType::Mount(mount)) => &mount.mount_flags,
-            Some(AccessType::Block(_)) => return Err(NodeError::BlockAccess),
-            None => return Err(NodeError::NoAccessType),
-        };
+        let mount_flags = mount_flags_of(capability)?;
         let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
         let target = self.resolve_target("target_path", target).await?;
         let _claim = self.claim(&target)?;
+        let spec = if req.staging_target_path.is_empty() {
+            // Published without staging (e.g. by hanfsctl): mount the volume itself.
+            self.mount_spec(&id, &req.volume_context, mount_flags, req.readonly)
+                .await?
+        } else {
+            // Staged: every pod gets a bind mount of the node's one mount of the volume.
+            let staged = self
+                .find_mount(&id, &req.staging_target_path)
+                .await
+                .map_err(|_| NodeError::NotStaged {
+                    volume: id.to_string(),
+                    path: req.staging_target_path.clone(),
+                })?;
+            mount_spec::local(&staged, mount_flags, req.readonly)?
+        };
+        self.mount_at(&id, &spec, &target).await?;
+        Ok(NodePublishVolumeResponse {})
+    }
+
+    /// NodeStageVolume: mounts the volume once per node (read-write) at the staging
+    /// path; publishes bind-mount it into each pod, read-only where asked. Pods then
+    /// come and go without a new NFS mount, and an unpublish never waits on the server.
+    async fn stage(
+        &self,
+        req: NodeStageVolumeRequest,
+    ) -> Result<NodeStageVolumeResponse, NodeError> {
+        let volume_id = required("volume_id", &req.volume_id)?;
+        let staging = required("staging_target_path", &req.staging_target_path)?;
+        let capability = req
+            .volume_capability
+            .as_ref()
+            .ok_or(NodeError::Missing("volume_capability"))?;
+        let mount_flags = mount_flags_of(capability)?;
+        let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
+        let staging = self.resolve_target("staging_target_path", staging).await?;
+        let _claim = self.claim(&staging)?;
         let spec = self
-            .mount_spec(&id, &req.volume_context, mount_flags, req.readonly)
+            .mount_spec(&id, &req.volume_context, mount_flags, false)
             .await?;
+        self.mount_at(&id, &spec, &staging).await?;
+        Ok(NodeStageVolumeResponse {})
+    }
+
+    /// NodeUnstageVolume: unmounts the staging mount; the directory is the CO's.
+    async fn unstage(
+        &self,
+        req: NodeUnstageVolumeRequest,
+    ) -> Result<NodeUnstageVolumeResponse, NodeError> {
+        required("volume_id", &req.volume_id)?;
+        let staging = required("staging_target_path", &req.staging_target_path)?;
+        let staging = match self.resolve_target("staging_target_path", staging).await {
+            Ok(staging) => staging,
+            Err(NodeError::TargetPath(err)) if err.parent_missing() => {
+                tracing::info!("staging path does not exist");
+                return Ok(NodeUnstageVolumeResponse {});
+            }
+            Err(err) => return Err(err),
+        };
+        let _claim = self.claim(&staging)?;
+        self.unmount_all(&staging).await?;
+        Ok(NodeUnstageVolumeResponse {})
+    }
+
+    /// Mounts `spec` at `target` unless this volume is already mounted there the same
+    /// way (CSI idempotency); another volume, or another access mode, is
+    /// ALREADY_EXISTS. Creates the directory if needed and undoes everything on failure.
+    async fn mount_at(
+        &self,
+        id: &VolumeId,
+        spec: &MountSpec,
+        target: &Path,
+    ) -> Result<(), NodeError> {
         if !spec.ignored.is_empty() {
             tracing::info!(ignored = ?spec.ignored, "mount options without meaning for this transport");
         }
-
-        // CSI: publishing the same volume to the same target again is OK; anything else
-        // already mounted there is ALREADY_EXISTS.
         let table = read_mounts()?;
-        if let Some(mounted) = mountinfo::topmost_at(&table, &target) {
-            if !self.is_mount_of(&table, mounted, &id) {
+        if let Some(mounted) = mountinfo::topmost_at(&table, target) {
+            if !self.is_mount_of(&table, mounted, id) {
                 return Err(NodeError::MountedDifferently {
-                    target,
+                    target: target.to_owned(),
                     detail: format!(
                         "{} ({}) is mounted there, not {id}",
                         mounted.source,
@@ -283,26 +355,26 @@ impl NodeService {
                     ("read-write", "read-only")
                 };
                 return Err(NodeError::MountedDifferently {
-                    target,
+                    target: target.to_owned(),
                     detail: format!("{id} is mounted {is}, but {wanted} was asked for"),
                 });
             }
-            tracing::info!("already published");
-            return Ok(NodePublishVolumeResponse {});
+            tracing::info!("already mounted");
+            return Ok(());
         }
 
-        let dir = target.clone();
+        let dir = target.to_owned();
         let created = blocking("creating the target", move || create_target(&dir)).await?;
         tracing::info!(source = %spec.source, readonly = spec.read_only(), created, "mounting");
         if let Err(err) = self
             .helper
-            .mount(&spec, &target, self.config.mount_timeout)
+            .mount(spec, target, self.config.mount_timeout)
             .await
         {
-            self.roll_back(&target, created).await;
+            self.roll_back(target, created).await;
             return Err(err.into());
         }
-        Ok(NodePublishVolumeResponse {})
+        Ok(())
     }
 
     /// After a failed mount: undo whatever did get mounted (a mount that completed just
@@ -485,6 +557,36 @@ impl Node for NodeService {
             .await
     }
 
+    async fn node_stage_volume(
+        &self,
+        request: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "NodeStageVolume",
+            volume_id = %req.volume_id,
+            staging = %req.staging_target_path
+        );
+        async move { finish(self.stage(req).await) }
+            .instrument(span)
+            .await
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!(
+            "NodeUnstageVolume",
+            volume_id = %req.volume_id,
+            staging = %req.staging_target_path
+        );
+        async move { finish(self.unstage(req).await) }
+            .instrument(span)
+            .await
+    }
+
     async fn node_unpublish_volume(
         &self,
         request: Request<NodeUnpublishVolumeRequest>,
@@ -541,9 +643,10 @@ impl Node for NodeService {
         &self,
         _: Request<NodeGetCapabilitiesRequest>,
     ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
-        // No STAGE_UNSTAGE_VOLUME: an NFS directory has nothing to stage. EXPAND_VOLUME is
-        // a no-op here, advertised so kubelet and csi-sanity can call it.
+        // EXPAND_VOLUME is a no-op here (the quota grows on the server), advertised so
+        // kubelet and csi-sanity can call it.
         let capabilities = [
+            rpc::Type::StageUnstageVolume,
             rpc::Type::GetVolumeStats,
             rpc::Type::VolumeCondition,
             rpc::Type::SingleNodeMultiWriter,

@@ -544,9 +544,9 @@ async fn identity_and_node_info() {
     ] {
         assert!(kinds.contains(&(want as i32)), "{want:?} missing");
     }
-    assert!(!kinds.contains(&(Type::StageUnstageVolume as i32)));
+    assert!(kinds.contains(&(Type::StageUnstageVolume as i32)));
     let stage = NodeStageVolumeRequest::default();
-    assert_code(f.node.node_stage_volume(stage).await, Code::Unimplemented);
+    assert_code(f.node.node_stage_volume(stage).await, Code::InvalidArgument);
 
     std::fs::remove_dir_all(f.root.join("export")).unwrap();
     assert_code(
@@ -621,4 +621,90 @@ async fn a_hung_statfs_is_an_abnormal_condition_not_an_error() {
     assert_eq!(condition.message, "NFS server not responding within 300ms");
     assert!(stats.usage.is_empty());
     f.unpublish(&id, &target).await.unwrap();
+}
+
+/// The kubelet flow: stage once per node, then one bind mount per pod (read-only where
+/// asked), unpublish and unstage in reverse.
+#[tokio::test]
+async fn stage_then_publish_per_pod_then_unstage() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-s");
+    let staging = f.target("staging-pvc-s");
+    std::fs::create_dir(&staging).unwrap();
+    let stage = NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_capability()),
+        ..Default::default()
+    };
+    f.node.node_stage_volume(stage.clone()).await.unwrap();
+    f.node
+        .node_stage_volume(stage.clone())
+        .await
+        .expect("staging again is OK");
+    assert_eq!(f.mounts_at(&staging), 1);
+
+    let publish = |target: &Path, readonly: bool| NodePublishVolumeRequest {
+        staging_target_path: staging.to_string_lossy().into_owned(),
+        ..publish_request(&id, &target.to_string_lossy(), readonly)
+    };
+    let (pod_a, pod_b) = (f.target("pod-a"), f.target("pod-b"));
+    f.node
+        .node_publish_volume(publish(&pod_a, false))
+        .await
+        .unwrap();
+    f.node
+        .node_publish_volume(publish(&pod_b, true))
+        .await
+        .unwrap();
+    std::fs::write(pod_a.join("shared"), "from a").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(pod_b.join("shared")).unwrap(),
+        "from a"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.volume_dir("pvc-s").join("shared")).unwrap(),
+        "from a"
+    );
+    let err = std::fs::write(pod_b.join("x"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let stats = f.stats(&id, &pod_b.to_string_lossy()).await.unwrap();
+    assert!(!stats.volume_condition.unwrap().abnormal);
+
+    // Another volume cannot be staged where this one is.
+    let other = f.volume("pvc-other");
+    let clash = NodeStageVolumeRequest {
+        volume_id: other.clone(),
+        ..stage.clone()
+    };
+    assert_code(f.node.node_stage_volume(clash).await, Code::AlreadyExists);
+    // Publishing from a staging path where the volume is not staged is refused.
+    let not_staged = NodePublishVolumeRequest {
+        staging_target_path: f.target("nowhere").to_string_lossy().into_owned(),
+        ..publish_request(&other, &f.target("pod-c").to_string_lossy(), false)
+    };
+    let message = assert_code(
+        f.node.node_publish_volume(not_staged).await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("NodeStageVolume"), "{message}");
+    assert!(!f.target("pod-c").exists());
+
+    f.unpublish(&id, &pod_a).await.unwrap();
+    f.unpublish(&id, &pod_b).await.unwrap();
+    let unstage = NodeUnstageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.to_string_lossy().into_owned(),
+    };
+    f.node.node_unstage_volume(unstage.clone()).await.unwrap();
+    f.node
+        .node_unstage_volume(unstage)
+        .await
+        .expect("unstaging again is OK");
+    assert_eq!(f.mounts_at(&staging), 0);
+    assert!(staging.exists(), "the staging directory belongs to the CO");
+    assert_eq!(
+        std::fs::read_to_string(f.volume_dir("pvc-s").join("shared")).unwrap(),
+        "from a"
+    );
 }
