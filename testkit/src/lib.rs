@@ -13,6 +13,9 @@
 //! - [`kube`]: [`kube::KubeApiServer`], etcd + kube-apiserver inside a namespace; wraps
 //!   `e2e/kube/build.sh` (builds the binaries into a cache once) and `e2e/kube/start.sh`.
 //! - [`thread_ns`]: run a closure or a future on a thread inside a network namespace.
+//! - [`vm`]: [`vm::Cluster`], Debian VMs (qemu TCG, kernel with drbd/nfsd) on a bridge in a
+//!   private namespace, commands through a 9p mailbox, hard kill and restart; wraps
+//!   `e2e/vm/build-image.sh` (image cached once) and `e2e/vm/vm.sh`.
 //!
 //! Needs root (`ip netns`), `ip`, `curl`, `openssl`, and Go for the first build.
 
@@ -21,6 +24,7 @@ pub mod kube;
 pub mod netns;
 pub mod process;
 pub mod thread_ns;
+pub mod vm;
 
 use std::path::PathBuf;
 
