@@ -195,6 +195,7 @@ impl World {
         c.grace_secs = 20;
         c.cld_dir = p.join("var-lib-nfs/nfsdcld");
         c.procfs = p.join("proc-fs-nfsd");
+        c.rpc_pipefs = p.join("rpc_pipefs");
         c.timeout = Duration::from_secs(10);
         c.tools = NfsdTools {
             rpc_nfsd: p.join("rpc.nfsd"),
@@ -332,9 +333,15 @@ async fn a_failing_tool_names_the_step() {
 #[tokio::test]
 async fn keep_warm_loads_the_module_and_mounts_the_control_fs_only_if_needed() {
     let w = World::new();
+    // rpc_pipefs is not mounted yet (no <rpc_pipefs>/nfsd): keep_warm mounts it.
     w.nfsd().keep_warm().await.unwrap();
-    assert_eq!(w.log(), ["nfsd"]);
+    let pipes = w.path().join("rpc_pipefs").display().to_string();
+    assert_eq!(
+        w.log(),
+        ["nfsd".to_owned(), format!("-t rpc_pipefs sunrpc {pipes}")]
+    );
 
+    std::fs::create_dir_all(w.path().join("rpc_pipefs/nfsd")).unwrap();
     std::fs::remove_file(w.path().join("proc-fs-nfsd/threads")).unwrap();
     w.nfsd().keep_warm().await.unwrap();
     let procfs = w.path().join("proc-fs-nfsd").display().to_string();
@@ -342,6 +349,7 @@ async fn keep_warm_loads_the_module_and_mounts_the_control_fs_only_if_needed() {
         w.log(),
         [
             "nfsd".to_owned(),
+            format!("-t rpc_pipefs sunrpc {pipes}"),
             "nfsd".to_owned(),
             format!("-t nfsd nfsd {procfs}")
         ]
@@ -397,7 +405,14 @@ async fn nfsdcld_is_supervised_and_an_early_exit_is_reported() {
     let c = w.config();
     let cld = w.nfsd().start_cld().await.unwrap();
     let pid = cld.pid().unwrap();
-    assert_eq!(w.log(), [format!("nfsdcld -F -s {}", c.cld_dir.display())]);
+    assert_eq!(
+        w.log(),
+        [format!(
+            "nfsdcld -F -p {} -s {}",
+            c.rpc_pipefs.display(),
+            c.cld_dir.display()
+        )]
+    );
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     cld.stop().await.unwrap();
     assert!(
@@ -408,7 +423,7 @@ async fn nfsdcld_is_supervised_and_an_early_exit_is_reported() {
     std::fs::write(w.path().join("nfsdcld-fails"), "").unwrap();
     let err = w.nfsd().start_cld().await.unwrap_err();
     match err {
-        NfsdError::CldExited { stderr, .. } => {
+        NfsdError::DaemonExited { stderr, .. } => {
             assert!(stderr.contains("cannot open database"), "{stderr}")
         }
         other => panic!("wrong error: {other:?}"),

@@ -110,10 +110,7 @@ impl Stack for RecordingDrbdNfsDouble {
             StackAction::StopNfsd => s.nfsd = false,
             StackAction::Export => s.exported = true,
             StackAction::Unexport => s.exported = false,
-            StackAction::AddVip
-            | StackAction::RemoveVip
-            | StackAction::SendTickles
-            | StackAction::ResumeIo => {}
+            StackAction::AddVip | StackAction::RemoveVip | StackAction::ResumeIo => {}
         }
         Ok(())
     }

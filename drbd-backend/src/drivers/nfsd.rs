@@ -10,7 +10,7 @@
 //! Each step is its own function; the agent orders them (start: [`Nfsd::keep_warm`],
 //! [`Nfsd::prepare_state_dir`], [`Nfsd::start_cld`], [`Nfsd::write_times`],
 //! [`Nfsd::export`], [`Nfsd::start`]; stop: [`Nfsd::stop`], then drop the
-//! [`CldDaemon`]). Command lines and `exportfs -v` parsing are pure functions.
+//! [`Daemon`]). Command lines and `exportfs -v` parsing are pure functions.
 
 use crate::drivers::command::{self, CommandError};
 use std::collections::VecDeque;
@@ -71,22 +71,27 @@ pub enum NfsdError {
     /// `cld_dir` exists and is neither a directory nor a symlink.
     #[error("{path} is in the way of the nfsdcld state symlink")]
     CldDirInTheWay { path: PathBuf },
-    /// nfsdcld could not be started.
+    /// A helper daemon (nfsdcld, rpc.mountd) could not be started.
     #[error("starting {program}: {source}")]
-    CldSpawn {
+    DaemonSpawn {
         program: String,
         #[source]
         source: std::io::Error,
     },
-    /// nfsdcld exited right after starting.
-    #[error("nfsdcld exited at start ({status}): {stderr}")]
-    CldExited { status: String, stderr: String },
+    /// A helper daemon exited right after starting.
+    #[error("{name} exited at start ({status}): {stderr}")]
+    DaemonExited {
+        name: &'static str,
+        status: String,
+        stderr: String,
+    },
 }
 
 /// Where the tools are (tests point these at test doubles).
 #[derive(Debug, Clone)]
 pub struct NfsdTools {
     pub rpc_nfsd: PathBuf,
+    pub rpc_mountd: PathBuf,
     pub exportfs: PathBuf,
     pub nfsdcld: PathBuf,
     pub unshare: PathBuf,
@@ -101,6 +106,7 @@ impl Default for NfsdTools {
     fn default() -> NfsdTools {
         NfsdTools {
             rpc_nfsd: "rpc.nfsd".into(),
+            rpc_mountd: "rpc.mountd".into(),
             exportfs: "exportfs".into(),
             nfsdcld: "nfsdcld".into(),
             unshare: "unshare".into(),
@@ -144,6 +150,9 @@ pub struct NfsdConfig {
     pub tools: NfsdTools,
     /// The nfsd control filesystem (`/proc/fs/nfsd`).
     pub procfs: PathBuf,
+    /// The RPC pipe filesystem nfsdcld talks to the kernel through
+    /// (`/run/rpc_pipefs` on Debian); mounted by `keep_warm` when a minimal system has not.
+    pub rpc_pipefs: PathBuf,
     /// Deadline for each command and each file operation.
     pub timeout: Duration,
 }
@@ -170,6 +179,9 @@ impl NfsdConfig {
             v41_only: true,
             tools: NfsdTools::default(),
             procfs: "/proc/fs/nfsd".into(),
+            // Debian's /etc/nfs.conf default (`pipefs-directory`); passed to nfsdcld
+            // explicitly so both agree whatever nfs.conf says.
+            rpc_pipefs: "/run/rpc_pipefs".into(),
             timeout: Duration::from_secs(30),
         }
     }
@@ -373,28 +385,30 @@ pub fn parse_exportfs_verbose(text: &str) -> Vec<ExportEntry> {
 
 /// A running nfsdcld (in the foreground, supervised). Killed on drop.
 #[derive(Debug)]
-pub struct CldDaemon {
+pub struct Daemon {
+    name: &'static str,
     child: tokio::process::Child,
-    /// Forwards nfsdcld's stderr to the log; ends when nfsdcld does.
+    /// Forwards the daemon's stderr to the log; ends when the daemon does.
     _stderr: JoinHandle<VecDeque<String>>,
 }
 
-impl CldDaemon {
-    /// nfsdcld's pid (None once it has been reaped).
+impl Daemon {
+    /// The daemon's pid (None once it has been reaped).
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
-    /// Kills nfsdcld and waits for it. nfsdcld keeps no state in memory that its
-    /// database does not have (every upcall is committed before the reply).
+    /// Kills the daemon and waits for it. Neither nfsdcld (every upcall is committed
+    /// before the reply) nor rpc.mountd keeps state worth a graceful stop.
     pub async fn stop(mut self) -> Result<(), NfsdError> {
+        tracing::info!(daemon = self.name, "stopping");
         let _ = self.child.start_kill();
         self.child
             .wait()
             .await
             .map(drop)
             .map_err(|source| NfsdError::Io {
-                action: "wait for nfsdcld",
+                action: "wait for a stopped daemon",
                 path: PathBuf::new(),
                 source,
             })
@@ -423,7 +437,8 @@ impl Nfsd {
         program: &Path,
         args: &[OsString],
     ) -> Result<String, NfsdError> {
-        tracing::info!(step, program = %program.display(), ?args, "nfsd");
+        // Health checks run these every tick: only changes deserve an info line.
+        tracing::debug!(step, program = %program.display(), ?args, "nfsd");
         command::run(&program.to_string_lossy(), args, self.config.timeout)
             .await
             .map(|out| out.stdout)
@@ -472,6 +487,28 @@ impl Nfsd {
             self.run("mount the nfsd filesystem", &self.config.tools.mount, &args)
                 .await?;
         }
+        // nfsdcld waits on <rpc_pipefs>/nfsd; without the pipe filesystem it exits at once.
+        let pipes = &self.config.rpc_pipefs;
+        if !tokio::fs::try_exists(pipes.join("nfsd"))
+            .await
+            .unwrap_or(false)
+        {
+            tokio::fs::create_dir_all(pipes)
+                .await
+                .map_err(|source| NfsdError::Io {
+                    action: "creating the rpc_pipefs mount point",
+                    path: pipes.clone(),
+                    source,
+                })?;
+            let args: Vec<OsString> = vec![
+                "-t".into(),
+                "rpc_pipefs".into(),
+                "sunrpc".into(),
+                pipes.clone().into(),
+            ];
+            self.run("mount rpc_pipefs", &self.config.tools.mount, &args)
+                .await?;
+        }
         Ok(())
     }
 
@@ -488,29 +525,56 @@ impl Nfsd {
         .await
     }
 
-    /// Starts `nfsdcld -F -s <cld_dir>` as a supervised child. Fails if it exits within
+    /// Starts `nfsdcld -F -p <rpc_pipefs> -s <cld_dir>` as a supervised child. Fails if it exits within
     /// a moment (e.g. rpc_pipefs not mounted, database unreadable).
-    pub async fn start_cld(&self) -> Result<CldDaemon, NfsdError> {
-        let program = &self.config.tools.nfsdcld;
-        tracing::info!(program = %program.display(), "starting nfsdcld");
-        // Not command::run: nfsdcld runs as long as we serve. Same care: stdin closed,
-        // killed on drop, stderr kept for the error.
+    pub async fn start_cld(&self) -> Result<Daemon, NfsdError> {
+        let args: Vec<OsString> = vec![
+            "-F".into(),
+            "-p".into(),
+            self.config.rpc_pipefs.clone().into(),
+            "-s".into(),
+            self.config.cld_dir.clone().into(),
+        ];
+        self.start_daemon("nfsdcld", &self.config.tools.nfsdcld, &args)
+            .await
+    }
+
+    /// Starts `rpc.mountd -F` as a supervised child. NFSv4 needs it too: the kernel asks
+    /// it (through the export cache upcall) which exports exist, and without an answer
+    /// every request waits — a mount simply hangs.
+    pub async fn start_mountd(&self) -> Result<Daemon, NfsdError> {
+        let mut args: Vec<OsString> = vec!["-F".into()];
+        if self.config.v41_only {
+            args.extend(["-N", "2", "-N", "3"].map(OsString::from));
+        }
+        self.start_daemon("rpc.mountd", &self.config.tools.rpc_mountd, &args)
+            .await
+    }
+
+    /// Runs a daemon as long as we serve. Not command::run, but the same care: stdin
+    /// closed, killed on drop, stderr kept for the error; fails if it exits at once.
+    async fn start_daemon(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: &[OsString],
+    ) -> Result<Daemon, NfsdError> {
+        tracing::info!(program = %program.display(), ?args, "starting {name}");
         let mut child = tokio::process::Command::new(program)
-            .arg("-F")
-            .arg("-s")
-            .arg(&self.config.cld_dir)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| NfsdError::CldSpawn {
+            .map_err(|source| NfsdError::DaemonSpawn {
                 program: program.to_string_lossy().into_owned(),
                 source,
             })?;
-        let stderr_task = tokio::spawn(forward_stderr(child.stderr.take()));
+        let stderr_task = tokio::spawn(forward_stderr(name, child.stderr.take()));
         match tokio::time::timeout(CLD_SETTLE, child.wait()).await {
-            Err(_) => Ok(CldDaemon {
+            Err(_) => Ok(Daemon {
+                name,
                 child,
                 _stderr: stderr_task,
             }),
@@ -524,7 +588,11 @@ impl Nfsd {
                     Ok(Ok(lines)) => Vec::from(lines).join("\n"),
                     _ => String::new(),
                 };
-                Err(NfsdError::CldExited { status, stderr })
+                Err(NfsdError::DaemonExited {
+                    name,
+                    status,
+                    stderr,
+                })
             }
         }
     }
@@ -658,12 +726,15 @@ impl Nfsd {
 }
 
 /// Logs nfsdcld's stderr and keeps its last lines.
-async fn forward_stderr(stderr: Option<tokio::process::ChildStderr>) -> VecDeque<String> {
+async fn forward_stderr(
+    name: &'static str,
+    stderr: Option<tokio::process::ChildStderr>,
+) -> VecDeque<String> {
     let mut tail = VecDeque::new();
     let Some(stderr) = stderr else { return tail };
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "nfsdcld", "{line}");
+        tracing::info!(daemon = name, "{line}");
         if tail.len() == CLD_STDERR_TAIL {
             tail.pop_front();
         }

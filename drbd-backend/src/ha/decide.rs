@@ -249,9 +249,10 @@ pub enum StackAction {
     Mount,
     StartNfsd,
     Export,
+    /// Adds the VIP, announces it (one gratuitous ARP), then sends the tickle ACKs so
+    /// clients reconnect at once (DESIGN.md §4) — one step, because the stack lane runs
+    /// one step per look and the tickles only make sense right after the VIP moves.
     AddVip,
-    /// Right after the VIP: bare ACKs so clients reconnect at once (DESIGN.md §4).
-    SendTickles,
     RemoveVip,
     Unexport,
     StopNfsd,
@@ -369,7 +370,6 @@ fn bring_up(o: &Observed, kind: &PromoteKind, gated_room: bool) -> Vec<StackActi
     }
     if !s.vip && gated_room {
         steps.push(StackAction::AddVip);
-        steps.push(StackAction::SendTickles);
     }
     steps
 }
@@ -655,7 +655,6 @@ mod tests {
                 StackAction::StartNfsd,
                 StackAction::Export,
                 StackAction::AddVip,
-                StackAction::SendTickles
             ]
         );
     }

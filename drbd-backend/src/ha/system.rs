@@ -11,7 +11,7 @@ use super::decide::{Disk, DrbdView, Role, StackAction, StackView};
 use crate::api::StoreSlot;
 use crate::drivers::drbd::{self, ConnectionState, DiskState, Drbd};
 use crate::drivers::fs_mount::FsMount;
-use crate::drivers::nfsd::{CldDaemon, Nfsd};
+use crate::drivers::nfsd::{Daemon, Nfsd};
 use crate::drivers::tickle;
 use crate::drivers::vip::{GarpConfig, Vip};
 use crate::volumes::store::CapacityPolicy;
@@ -44,7 +44,8 @@ pub struct SystemStack {
     pub capacity_policy: CapacityPolicy,
     pub default_volume_bytes: i64,
     pub last_resort: LastResort,
-    cld: tokio::sync::Mutex<Option<CldDaemon>>,
+    /// nfsdcld and rpc.mountd while nfsd runs.
+    daemons: tokio::sync::Mutex<Vec<Daemon>>,
     /// When the client list was last saved (monotonic ms).
     clients_saved_at: AtomicU64,
 }
@@ -73,7 +74,7 @@ impl SystemStack {
             capacity_policy,
             default_volume_bytes,
             last_resort,
-            cld: tokio::sync::Mutex::new(None),
+            daemons: tokio::sync::Mutex::new(Vec::new()),
             clients_saved_at: AtomicU64::new(0),
         }
     }
@@ -220,8 +221,14 @@ impl Stack for SystemStack {
             }
             StackAction::StartNfsd => {
                 self.nfsd.prepare_state_dir().await.map_err(|x| e(&x))?;
-                let cld = self.nfsd.start_cld().await.map_err(|x| e(&x))?;
-                *self.cld.lock().await = Some(cld);
+                let mut daemons = self.daemons.lock().await;
+                // A retried start must not leave a second copy running.
+                for daemon in daemons.drain(..) {
+                    let _ = daemon.stop().await;
+                }
+                daemons.push(self.nfsd.start_cld().await.map_err(|x| e(&x))?);
+                daemons.push(self.nfsd.start_mountd().await.map_err(|x| e(&x))?);
+                drop(daemons);
                 self.nfsd.write_times().await.map_err(|x| e(&x))?;
                 self.nfsd.start().await.map_err(|x| e(&x))
             }
@@ -232,15 +239,19 @@ impl Stack for SystemStack {
                 self.vip
                     .announce(&GarpConfig::once())
                     .await
-                    .map_err(|x| e(&x))
+                    .map_err(|x| e(&x))?;
+                // The VIP is up either way; a failed tickle only costs clients a retransmit.
+                if let Err(error) = self.send_tickles().await {
+                    tracing::warn!(%error, "could not send tickle ACKs");
+                }
+                Ok(())
             }
-            StackAction::SendTickles => self.send_tickles().await,
             StackAction::RemoveVip => self.vip.remove().await.map(|_| ()).map_err(|x| e(&x)),
             StackAction::Unexport => self.nfsd.unexport().await.map_err(|x| e(&x)),
             StackAction::StopNfsd => {
                 self.nfsd.stop().await.map_err(|x| e(&x))?;
-                if let Some(cld) = self.cld.lock().await.take() {
-                    cld.stop().await.map_err(|x| e(&x))?;
+                for daemon in self.daemons.lock().await.drain(..) {
+                    daemon.stop().await.map_err(|x| e(&x))?;
                 }
                 Ok(())
             }
