@@ -134,16 +134,29 @@ struct Trial {
 
 /// Runs the writer on the client for `seconds`, calls `fault` after `fault_after`, and
 /// measures what the writer saw.
+/// What the client's writer does in one trial.
+struct Writer<'a> {
+    file: &'a str,
+    /// Hold a POSIX (fcntl) lock on the file for the whole run.
+    lock: bool,
+    seconds: u32,
+    /// When the fault is injected after the writer started.
+    fault_after: Duration,
+}
+
 fn trial(
     t0: Instant,
     client: &Vm,
     name: &str,
-    file: &str,
-    lock: bool,
-    seconds: u32,
-    fault_after: Duration,
+    writer: Writer<'_>,
     fault: impl FnOnce() -> Result<(), Error>,
 ) -> Result<Trial, Error> {
+    let Writer {
+        file,
+        lock,
+        seconds,
+        fault_after,
+    } = writer;
     client.run(
         &format!("dmesg -c >/dev/null; rm -f /root/acks.log /mnt/vol/{file}"),
         SHORT,
@@ -369,10 +382,12 @@ fn scenarios(t0: Instant, cluster: &Cluster, first: &str) -> Result<Vec<Trial>, 
         t0,
         client,
         "hard kill (lock held)",
-        "kill.log",
-        true,
-        45,
-        Duration::from_secs(10),
+        Writer {
+            file: "kill.log",
+            lock: true,
+            seconds: 45,
+            fault_after: Duration::from_secs(10),
+        },
         || {
             cluster.vm(&killed).kill()?;
             Ok(())
@@ -410,10 +425,12 @@ fn scenarios(t0: Instant, cluster: &Cluster, first: &str) -> Result<Vec<Trial>, 
         t0,
         client,
         "planned switchover",
-        "switch.log",
-        false,
-        30,
-        Duration::from_secs(8),
+        Writer {
+            file: "switch.log",
+            lock: false,
+            seconds: 30,
+            fault_after: Duration::from_secs(8),
+        },
         || {
             cluster.vm(&second).run("hanfs-backend switchover", SHORT)?;
             Ok(())
