@@ -118,6 +118,31 @@ impl Admin for AdminService {
                 holder.as_deref().unwrap_or("nobody")
             )));
         }
+        // A hand-over the peer cannot take (stale or unreachable) would only cause an
+        // outage until this node re-acquires after expiry.
+        let drbd = status.observation.drbd;
+        let peer_ready = drbd.is_some_and(|d| d.connected && d.peer_disk == Disk::UpToDate);
+        let peer_fenced = status
+            .lease
+            .as_ref()
+            .is_some_and(|v| v.record.outdated.as_deref() == Some(self.config.peer.as_str()));
+        if !peer_ready || peer_fenced {
+            return Err(Status::failed_precondition(format!(
+                "{} cannot take over now (replication {}, peer disk {}{}); wait until it has resynced",
+                self.config.peer,
+                if drbd.is_some_and(|d| d.connected) {
+                    "connected"
+                } else {
+                    "NOT connected"
+                },
+                disk_name(drbd.map(|d| d.peer_disk)),
+                if peer_fenced {
+                    ", marked outdated in the Lease"
+                } else {
+                    ""
+                }
+            )));
+        }
         self.handle.request(Request::Switchover);
         Ok(Response::new(pb::SwitchoverResponse {
             message: format!(

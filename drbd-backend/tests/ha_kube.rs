@@ -74,6 +74,7 @@ impl Stack for RecordingDrbdNfsDouble {
                 io_frozen: false,
             }),
             stack,
+            unhealthy: None,
         }
     }
 

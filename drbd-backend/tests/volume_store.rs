@@ -402,3 +402,17 @@ fn the_on_delete_policy_can_be_changed_after_creation() {
         Err(VolumeError::NotFound(_))
     ));
 }
+
+#[test]
+fn a_directory_without_a_record_is_kept_not_trashed_on_delete() {
+    let root = tempfile::tempdir().unwrap();
+    let store = VolumeStore::open(config(root.path())).unwrap();
+    std::fs::create_dir(root.path().join("volumes/handmade")).unwrap();
+    std::fs::write(root.path().join("volumes/handmade/f"), b"precious").unwrap();
+    let DeleteOutcome::Kept(OnDelete::Retain, kept) =
+        store.delete_volume(&dir("handmade")).unwrap()
+    else {
+        panic!("a volume without a record must be retained");
+    };
+    assert_eq!(std::fs::read(kept.join("f")).unwrap(), b"precious");
+}

@@ -23,10 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the stack lane sees of DRBD and the serving stack.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StackObservation {
     pub drbd: Option<DrbdView>,
     pub stack: StackView,
+    /// Something is wrong with a running piece that its flags cannot say (the
+    /// filesystem is mounted but takes no writes): counted as a stack failure.
+    pub unhealthy: Option<String>,
 }
 
 /// The things the agent drives below the Lease: DRBD, the filesystem, nfsd, the VIP.
@@ -117,6 +120,8 @@ pub struct AgentStatus {
     pub last_decision: Decision,
     pub lease_error: Option<String>,
     pub last_step_error: Option<String>,
+    /// Consecutive failed stack steps while bringing the stack up.
+    pub failed_steps: u32,
     /// Acquisitions by this node.
     pub acquisitions: u64,
     /// When this node last acquired the Lease (monotonic ms), until the stack is up.
@@ -277,6 +282,12 @@ async fn perform_lease_action(
             record.tenure = id.clone();
             record.last_primary = Some(me.clone());
             record.handover_to = None;
+            if observed.request == Request::ForcePromote {
+                // The administrator overrides the fence record: keeping it would make this
+                // node stand itself down again right after the forced promotion.
+                tracing::warn!(outdated = ?record.outdated, "force-promote: clearing the fence record");
+                record.outdated = None;
+            }
             tenure.id = Some(id);
         }
         LeaseAction::Renew => {}
@@ -348,6 +359,13 @@ async fn stack_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentH
                 || (before.exported && !observation.stack.exported)
                 || (before.mounted && !observation.stack.mounted)
                 || (before.vip && !observation.stack.vip);
+            if holding
+                && !status.stack_busy
+                && let Some(problem) = &observation.unhealthy
+            {
+                status.health_failures += 1;
+                tracing::warn!(failures = status.health_failures, %problem, "the active stack is unhealthy");
+            }
             if holding && regressed && !status.stack_busy {
                 status.health_failures += 1;
                 tracing::warn!(
@@ -383,29 +401,64 @@ async fn stack_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentH
             }
             status.observation = observation;
         }
-        let (_, decision) = decide_now(&config, &handle);
-        let Some(step) = decision.stack.first().cloned() else {
-            continue;
+        // Decide and mark the lane busy under one lock: the lease lane must never see the
+        // pre-step observation without the busy flag (it would release the Lease while a
+        // promotion may still land).
+        let decision = {
+            let mut status = handle.lock();
+            status.stack_busy = false;
+            let now = monotonic_ms();
+            // After an agent restart, wait for the first Lease read while the persisted
+            // renewal may still be valid: tearing down a healthy active would be an outage.
+            let may_still_hold = status
+                .tenure
+                .renewed_at
+                .is_some_and(|t| now.saturating_sub(t) < config.ha.renew_deadline);
+            if status.lease.is_none() && may_still_hold {
+                continue;
+            }
+            let decision = decide(&status.observed(now), &config.ha);
+            if decision.stack.is_empty() {
+                continue;
+            }
+            status.stack_busy = true;
+            decision
         };
+        let step = decision.stack[0].clone();
         let timeout = if step.is_gated() {
             Duration::from_millis(config.ha.gated_step_timeout)
         } else {
             config.step_timeout
         };
-        handle.lock().stack_busy = true;
         tracing::info!(?step, reason = %decision.reason, "stack step");
         let result = match tokio::time::timeout(timeout, stack.run(&step)).await {
             Ok(result) => result,
             Err(_) => Err(format!("did not finish within {timeout:?}")),
         };
+        // stack_busy stays set until the next observation is stored (top of the loop).
         let mut status = handle.lock();
-        status.stack_busy = false;
         match result {
-            Ok(()) => status.last_step_error = None,
+            Ok(()) => {
+                status.last_step_error = None;
+                status.failed_steps = 0;
+            }
             Err(e) => {
                 tracing::warn!(?step, error = %e, "stack step failed");
                 status.last_step_error = Some(format!("{step:?}: {e}"));
+                // A bring-up step that keeps failing (bad filesystem, wrong interface)
+                // counts as a stack failure, so the peer gets its chance.
+                if decision.reason.starts_with("active") {
+                    status.failed_steps += 1;
+                    if status.failed_steps >= FAILED_STEPS_PER_HEALTH_FAILURE {
+                        status.failed_steps = 0;
+                        status.health_failures += 1;
+                        tracing::warn!(failures = status.health_failures, "bring-up keeps failing");
+                    }
+                }
             }
         }
     }
 }
+
+/// Consecutive failed bring-up steps that count as one stack failure.
+const FAILED_STEPS_PER_HEALTH_FAILURE: u32 = 5;

@@ -59,7 +59,8 @@ impl HaConfig {
             renew_interval: lease_duration / 3,
             renew_deadline: lease_duration * 2 / 3,
             last_resort_after: lease_duration * 5 / 6,
-            gated_step_timeout: lease_duration / 6,
+            // Room for a promotion that runs DRBD's fence-peer handler (a Lease write).
+            gated_step_timeout: lease_duration / 4,
             health_failures_to_step_down: 2,
         }
     }
@@ -322,7 +323,20 @@ fn eligibility(o: &Observed, c: &HaConfig, record: &LeaseRecord) -> Result<Promo
 }
 
 /// Steps that stand the node down, VIP first, Demote last.
-fn teardown(o: &Observed) -> Vec<StackAction> {
+/// Whether this node may be Primary: it is, or DRBD cannot be observed while the Lease
+/// names this node (a failed `drbdsetup` must not read as "safely Secondary").
+fn maybe_primary(o: &Observed, c: &HaConfig) -> bool {
+    match o.role() {
+        Role::Primary => true,
+        Role::Secondary => false,
+        Role::Unknown => o
+            .lease
+            .as_ref()
+            .is_some_and(|v| v.record.holder.as_deref() == Some(c.node.as_str())),
+    }
+}
+
+fn teardown(o: &Observed, c: &HaConfig) -> Vec<StackAction> {
     let s = o.stack;
     let mut steps = Vec::new();
     if s.vip {
@@ -337,7 +351,7 @@ fn teardown(o: &Observed) -> Vec<StackAction> {
     if s.mounted {
         steps.push(StackAction::Unmount);
     }
-    if o.role() == Role::Primary {
+    if maybe_primary(o, c) {
         steps.push(StackAction::Demote);
     }
     steps
@@ -391,7 +405,7 @@ pub fn decide(o: &Observed, c: &HaConfig) -> Decision {
     let mut d = match &o.lease {
         Some(view) => decide_with_lease(o, c, view, age),
         None => Decision {
-            stack: teardown(o),
+            stack: teardown(o, c),
             reason: "the Lease was never read: serve nothing".into(),
             ..Default::default()
         },
@@ -399,7 +413,7 @@ pub fn decide(o: &Observed, c: &HaConfig) -> Decision {
     let record = o.lease.as_ref().map(|v| &v.record);
     let valid = record.is_some_and(|r| holds(o, c, r)) && age.is_some_and(|a| a < c.renew_deadline);
     // The backstop: Primary when the other node may already own the Lease.
-    if o.role() == Role::Primary && !valid {
+    if maybe_primary(o, c) && !valid {
         let overdue = match age {
             Some(a) => a >= c.last_resort_after,
             // No renewal on record (agent state lost) and someone else holds it.
@@ -407,7 +421,7 @@ pub fn decide(o: &Observed, c: &HaConfig) -> Decision {
         };
         if overdue {
             d.last_resort = Some(format!(
-                "still Primary {} ms after the last Lease renewal (limit {} ms): the peer may take over now",
+                "still Primary (or DRBD unobservable) {} ms after the last Lease renewal (limit {} ms): the peer may take over now",
                 age.map_or("?".to_string(), |a| a.to_string()),
                 c.last_resort_after
             ));
@@ -440,8 +454,9 @@ fn decide_with_lease(
     let eligible = eligibility(o, c, record);
 
     if holder_is_me && (want_down || eligible.is_err()) {
-        d.stack = teardown(o);
-        if d.stack.is_empty() && !o.stack_busy {
+        d.stack = teardown(o, c);
+        // Released only once DRBD is seen Secondary: never while its state is unknown.
+        if d.stack.is_empty() && !o.stack_busy && o.role() == Role::Secondary {
             let handover_to = want_down.then(|| c.peer.clone());
             d.lease = Some(LeaseAction::Release { handover_to });
         }
@@ -483,11 +498,11 @@ fn decide_with_lease(
                 "active: bringing the stack up".into()
             };
         } else {
-            d.stack = teardown(o);
+            d.stack = teardown(o, c);
             d.reason = "Lease not renewed within the deadline: standing down".into();
         }
     } else {
-        d.stack = teardown(o);
+        d.stack = teardown(o, c);
         let down = d.stack.is_empty() && !o.stack_busy;
         match &eligible {
             Ok(_) if down && lease_available(o, c, view) => {
@@ -829,5 +844,44 @@ mod tests {
         let d = decide(&o, &c);
         assert_eq!(d.stack.first(), Some(&StackAction::ResumeIo));
         assert_eq!(d.lease, None);
+    }
+
+    #[test]
+    fn an_unobservable_drbd_is_treated_as_maybe_primary_by_the_holder() {
+        let c = config();
+        let mut o = observed(
+            5000,
+            Some(lease(Some("a"), 900, Some(900))),
+            drbd(Role::Primary, Disk::UpToDate),
+            StackView::default(),
+        );
+        o.drbd = None;
+        let d = decide(&o, &c);
+        assert_eq!(
+            d.stack,
+            vec![StackAction::Demote],
+            "demote what may be Primary"
+        );
+        assert!(
+            !matches!(d.lease, Some(LeaseAction::Release { .. })),
+            "never release while unknown"
+        );
+        let later = Observed {
+            now: 900 + c.last_resort_after,
+            ..o.clone()
+        };
+        assert!(
+            decide(&later, &c).last_resort.is_some(),
+            "the backstop applies too"
+        );
+        // A standby whose DRBD is down is left alone.
+        let mut standby = observed(
+            5000,
+            Some(lease(Some("b"), 900, None)),
+            drbd(Role::Secondary, Disk::UpToDate),
+            StackView::default(),
+        );
+        standby.drbd = None;
+        assert!(decide(&standby, &c).stack.is_empty());
     }
 }

@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Deadline of the write probe on the replicated filesystem.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the node does when it is still Primary at a point where the peer may be active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -192,19 +195,29 @@ impl Stack for SystemStack {
         let mounted = self.mount.is_mounted().await.unwrap_or(false);
         let stack = StackView {
             mounted,
-            // A writable filesystem, not just a mount entry: a dead disk shows here.
             nfsd: self.nfsd.threads().await.is_ok_and(|t| t > 0),
             exported: self.nfsd.is_exported().await.unwrap_or(false),
             vip: self.vip.is_present().await.unwrap_or(false),
         };
-        let stack = StackView {
-            mounted: mounted && self.mount.probe_writable().await.is_ok(),
-            ..stack
+        // Mounted is what mountinfo says (teardown must unmount it either way); whether
+        // it still takes writes is a health question, asked with a short deadline so a
+        // hung disk cannot stall the observation.
+        let unhealthy = if mounted {
+            crate::drivers::fs_mount::probe_writable(&self.mount.mountpoint, PROBE_TIMEOUT)
+                .await
+                .err()
+                .map(|e| format!("the replicated filesystem does not take writes: {e}"))
+        } else {
+            None
         };
         if stack.vip {
             self.save_clients().await;
         }
-        StackObservation { drbd, stack }
+        StackObservation {
+            drbd,
+            stack,
+            unhealthy,
+        }
     }
 
     async fn run(&self, step: &StackAction) -> Result<(), String> {
@@ -271,7 +284,19 @@ impl Stack for SystemStack {
                 // sysrq 'b': immediate reboot without sync — the point is that nothing
                 // more is written or acknowledged from this node.
                 let _ = std::fs::write("/proc/sys/kernel/sysrq", "1");
-                let _ = std::fs::write("/proc/sysrq-trigger", "b");
+                if let Err(e) = std::fs::write("/proc/sysrq-trigger", "b") {
+                    tracing::error!(error = %e, "sysrq reboot refused; trying reboot(2)");
+                    // reboot(2) only ever returns an error.
+                    let Err(e) =
+                        nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                    tracing::error!(error = %e, "reboot(2) refused too: THIS NODE MAY STILL WRITE; freezing DRBD I/O");
+                    let _ = crate::drivers::command::run(
+                        "drbdadm",
+                        ["suspend-io", self.drbd.resource.as_str()],
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                }
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
             LastResort::LogOnly => {

@@ -128,6 +128,14 @@ impl Layout {
     pub fn empty_trash(&self) -> Result<usize> {
         remove_children(&self.trash_dir())
     }
+
+    /// [`Layout::empty_trash`] for paths where the caller's own work is already done:
+    /// a failure (e.g. a parallel call removing the same tree) is logged, not returned.
+    pub fn empty_trash_best_effort(&self) {
+        if let Err(e) = self.empty_trash() {
+            tracing::warn!(error = %e, "could not empty the trash yet; a later call or restart finishes it");
+        }
+    }
 }
 
 fn remove_children(dir: &Path) -> Result<usize> {

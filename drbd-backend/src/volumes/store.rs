@@ -398,17 +398,21 @@ impl VolumeStore {
         let path = self.layout.volume(dir);
         if !path.exists() {
             // Also finishes a delete that crashed after the rename into the trash.
-            self.layout.empty_trash()?;
+            self.layout.empty_trash_best_effort();
             let _ = layout::remove_any(&self.layout.volume_meta(dir));
             return Ok(DeleteOutcome::Absent);
         }
         let record = self.volume_record(dir)?;
-        let policy = record.as_ref().map_or(OnDelete::Delete, |r| r.on_delete);
+        let mut trash_slot = None;
+        // A directory without a record was not made by hanfs (or lost its record): its
+        // data is kept, never trashed on a guess.
+        let policy = record.as_ref().map_or(OnDelete::Retain, |r| r.on_delete);
         let outcome = match policy {
             OnDelete::Delete => {
                 let slot = self.layout.trash_slot(&format!("vol-{dir}"));
                 std::fs::rename(&path, &slot)
                     .map_err(VolumeError::io("moving volume to trash", &path))?;
+                trash_slot = Some(slot);
                 DeleteOutcome::Deleted
             }
             OnDelete::Retain | OnDelete::Archive => {
@@ -427,7 +431,13 @@ impl VolumeStore {
         {
             tracing::warn!(volume = %dir, project_id = r.project_id, error = %e, "could not clear the project quota");
         }
-        self.layout.empty_trash()?;
+        // Only our own slot: parallel deletes must not race over each other's trees. The
+        // volume is gone from volumes/ already; a failure here is finished later.
+        if let Some(slot) = trash_slot
+            && let Err(e) = layout::remove_any(&slot)
+        {
+            tracing::warn!(volume = %dir, error = %e, "volume deleted; its data will be removed from the trash later");
+        }
         tracing::info!(volume = %dir, ?outcome, "volume deleted");
         Ok(outcome)
     }
@@ -647,14 +657,20 @@ impl VolumeStore {
         let _guard = self.lock(&[(snapshot_key(name), Access::Exclusive)])?;
         let path = self.layout.snapshot(name);
         let existed = path.exists();
+        let mut slot = None;
         if existed {
-            let slot = self.layout.trash_slot(&format!("snap-{name}"));
-            std::fs::rename(&path, &slot)
+            let trash = self.layout.trash_slot(&format!("snap-{name}"));
+            std::fs::rename(&path, &trash)
                 .map_err(VolumeError::io("moving snapshot to trash", &path))?;
             layout::sync_dir(&self.layout.snapshots_dir())?;
+            slot = Some(trash);
         }
         layout::remove_any(&self.layout.snapshot_meta(name))?;
-        self.layout.empty_trash()?;
+        if let Some(slot) = slot
+            && let Err(e) = layout::remove_any(&slot)
+        {
+            tracing::warn!(snapshot = %name, error = %e, "snapshot deleted; its data will be removed from the trash later");
+        }
         if existed {
             tracing::info!(snapshot = %name, "snapshot deleted");
         }
