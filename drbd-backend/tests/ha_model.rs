@@ -9,7 +9,7 @@
 
 use hanfs_backend::ha::sim::{Fault, Stats, run_scenario};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use std::cell::RefCell;
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -47,11 +47,31 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
+    // The test command runs a fixed sequence of scenarios so a result can be reproduced;
+    // HANFS_HA_SEED=random (or a number) explores new ones.
+    let seed = match std::env::var("HANFS_HA_SEED").as_deref() {
+        Ok("random") => None,
+        Ok(n) => n.parse::<u64>().ok(),
+        Err(_) => Some(0x68_61_6e_66_73),
+    };
+    let mut runner = match seed {
+        Some(seed) => {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+            TestRunner::new_with_rng(config, rng)
+        }
+        None => TestRunner::new(config),
+    };
+    println!(
+        "ha_model: seed {}",
+        seed.map_or("random".to_string(), |s| s.to_string())
+    );
     let totals = RefCell::new((0u64, Stats::default()));
     let result = runner.run(&scenario(), |(seed, lease, events)| {
         let world = run_scenario(seed, lease, &events, false);

@@ -568,6 +568,16 @@ impl World {
         let connected = self.connected();
         let disk = self.disk(i);
         let peer_primary = self.nodes[1 - i].role == Role::Primary;
+        let promoting = matches!(
+            p.action,
+            StackAction::Promote | StackAction::PromoteForced { .. }
+        );
+        if promoting && !connected && !self.fence_for_promotion(i) {
+            // DRBD with `fencing resource-and-stonith` runs the fence-peer handler before
+            // it promotes without a peer; the handler refuses unless this node holds the
+            // Lease under its own tenure, and then the promotion fails.
+            return;
+        }
         let n = &mut self.nodes[i];
         let promoted = match p.action {
             // DRBD itself: single-primary while connected; an UpToDate disk unless forced.
@@ -628,11 +638,34 @@ impl World {
                     self.acked
                 ));
             }
-            if self.lease.outdated.as_deref() == Some(self.nodes[i].config.node.as_str()) {
+            // Connected and in sync (DRBD promotes only an UpToDate disk), the data is
+            // current whatever the Lease still says; without a peer, the mark must hold.
+            if !connected
+                && self.lease.outdated.as_deref() == Some(self.nodes[i].config.node.as_str())
+            {
                 self.violation(format!(
-                    "node {i} promoted while the Lease marks it outdated"
+                    "node {i} promoted without its peer while the Lease marks it outdated"
                 ));
             }
+        }
+    }
+
+    /// The fence-peer handler as DRBD runs it when promoting without a connected peer:
+    /// records the peer outdated (a Lease write) only for the tenure-holding node.
+    fn fence_for_promotion(&mut self, i: usize) -> bool {
+        if !self.nodes[i].api_ok {
+            return false;
+        }
+        let me = self.nodes[i].config.node.clone();
+        let peer = self.nodes[1 - i].config.node.clone();
+        match fence_decision(&self.lease, &me, self.nodes[i].tenure.as_deref(), &peer) {
+            FenceDecision::RecordOutdated => {
+                self.lease.outdated = Some(peer);
+                self.bump();
+                self.stats.fences += 1;
+                true
+            }
+            FenceDecision::Refuse(_) => false,
         }
     }
 
@@ -957,6 +990,28 @@ mod tests {
                 (0, Restart(1)),
                 (19, CutApi(0)),
                 (45, Failing(0, 0)),
+            ],
+        );
+        assert!(world.violations.is_empty(), "{:?}", world.violations);
+    }
+
+    /// A promotion started before a pause lands after the peer took over and fenced this
+    /// node. Without a peer, DRBD's fence-peer handler at promotion time refuses it; with
+    /// the peer connected and in sync, the data is current and nothing is lost.
+    #[test]
+    fn a_promotion_landing_after_a_pause_is_refused_by_the_fence_handler() {
+        use Fault::*;
+        let world = replay(
+            2953117642372001580,
+            6000,
+            &[
+                (11, HangUnmount(0, false)),
+                (17, Restart(0)),
+                (23, Restart(0)),
+                (18, Switchover(1)),
+                (15, Pause(0, 74, false)),
+                (48, CutApi(0)),
+                (0, Switchover(1)),
             ],
         );
         assert!(world.violations.is_empty(), "{:?}", world.violations);
