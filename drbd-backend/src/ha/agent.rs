@@ -115,6 +115,8 @@ pub struct AgentStatus {
     pub tenure: Tenure,
     pub observation: StackObservation,
     pub stack_busy: bool,
+    /// When the stack lane stored `observation` (monotonic ms).
+    pub observed_at: Millis,
     pub health_failures: u32,
     pub request: Request,
     pub last_decision: Decision,
@@ -141,6 +143,7 @@ impl AgentStatus {
             drbd: self.observation.drbd,
             stack: self.observation.stack,
             stack_busy: self.stack_busy,
+            stack_observed_at: self.observed_at,
             health_failures: self.health_failures,
             request: self.request,
         }
@@ -400,6 +403,7 @@ async fn stack_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentH
                 status.request = Request::None;
             }
             status.observation = observation;
+            status.observed_at = monotonic_ms();
         }
         // Decide and mark the lane busy under one lock: the lease lane must never see the
         // pre-step observation without the busy flag (it would release the Lease while a

@@ -213,6 +213,10 @@ pub struct Observed {
     /// A stack step is still running: its effect (a promotion!) may land after this
     /// observation, so the Lease is neither released nor acquired meanwhile.
     pub stack_busy: bool,
+    /// When (this node's clock) DRBD and the stack were last observed: the lease lane
+    /// decides with the stack lane's latest observation, which may be older than the
+    /// Lease record it reads.
+    pub stack_observed_at: Millis,
     /// Regressions of the running stack while active (counted by the agent, which
     /// resets the count once the node has stood down).
     pub health_failures: u32,
@@ -486,9 +490,13 @@ fn decide_with_lease(
             let peer_resynced = o
                 .drbd
                 .is_some_and(|x| x.connected && x.peer_disk == Disk::UpToDate);
+            // Only an observation made after this record was seen proves the fenced peer
+            // resynced *since* the fence (an older one could predate a new disconnection).
+            let fresh = o.stack_observed_at > view.changed_at;
             if d.lease.is_none()
                 && record.outdated.as_deref() == Some(c.peer.as_str())
                 && peer_resynced
+                && fresh
             {
                 d.lease = Some(LeaseAction::ClearOutdated);
             }
@@ -627,6 +635,7 @@ mod tests {
             drbd: Some(drbd_view),
             stack,
             stack_busy: false,
+            stack_observed_at: now,
             health_failures: 0,
             request: Request::None,
         }

@@ -428,6 +428,7 @@ impl World {
             drbd: Some(drbd),
             stack: n.stack,
             stack_busy: n.stack_lane.is_some(),
+            stack_observed_at: local + 1,
             health_failures: n.health_failures,
             request: n.request,
         }
