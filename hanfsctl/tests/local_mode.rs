@@ -32,14 +32,18 @@ impl Drop for LocalMode {
     }
 }
 
-fn ctl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(HANFSCTL)
+fn run_ctl(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(HANFSCTL)
         .arg("--dir")
         .arg(dir)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn ctl(dir: &Path, args: &[&str]) -> String {
+    let out = run_ctl(dir, args);
     assert!(
         out.status.success(),
         "hanfsctl {args:?} failed: {}{}",
@@ -50,13 +54,7 @@ fn ctl(dir: &Path, args: &[&str]) -> String {
 }
 
 fn ctl_fails(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(HANFSCTL)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = run_ctl(dir, args);
     assert!(!out.status.success(), "hanfsctl {args:?} should fail");
     String::from_utf8(out.stderr).unwrap()
 }

@@ -85,6 +85,14 @@ fn read_mounts() -> Result<Vec<MountInfo>, NodeError> {
     )))
 }
 
+/// Runs one RPC inside its span, logging the outcome there.
+async fn traced<T>(
+    span: tracing::Span,
+    work: impl std::future::Future<Output = Result<T, NodeError>>,
+) -> Result<Response<T>, Status> {
+    async move { finish(work.await) }.instrument(span).await
+}
+
 /// Logs the outcome of an RPC (inside its span) and turns errors into a status.
 fn finish<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
     match result {
@@ -552,9 +560,7 @@ impl Node for NodeService {
             target = %req.target_path,
             readonly = req.readonly
         );
-        async move { finish(self.publish(req).await) }
-            .instrument(span)
-            .await
+        traced(span, self.publish(req)).await
     }
 
     async fn node_stage_volume(
@@ -567,9 +573,7 @@ impl Node for NodeService {
             volume_id = %req.volume_id,
             staging = %req.staging_target_path
         );
-        async move { finish(self.stage(req).await) }
-            .instrument(span)
-            .await
+        traced(span, self.stage(req)).await
     }
 
     async fn node_unstage_volume(
@@ -582,9 +586,7 @@ impl Node for NodeService {
             volume_id = %req.volume_id,
             staging = %req.staging_target_path
         );
-        async move { finish(self.unstage(req).await) }
-            .instrument(span)
-            .await
+        traced(span, self.unstage(req)).await
     }
 
     async fn node_unpublish_volume(
@@ -597,9 +599,7 @@ impl Node for NodeService {
             volume_id = %req.volume_id,
             target = %req.target_path
         );
-        async move { finish(self.unpublish(req).await) }
-            .instrument(span)
-            .await
+        traced(span, self.unpublish(req)).await
     }
 
     async fn node_get_volume_stats(
@@ -634,9 +634,7 @@ impl Node for NodeService {
             volume_id = %req.volume_id,
             target = %req.volume_path
         );
-        async move { finish(self.expand(req).await) }
-            .instrument(span)
-            .await
+        traced(span, self.expand(req)).await
     }
 
     async fn node_get_capabilities(

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// Deadline of the write probe on the replicated filesystem.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the write probe runs.
+const PROBE_INTERVAL_MS: u64 = 1000;
 
 /// What the node does when it is still Primary at a point where the peer may be active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -51,6 +53,8 @@ pub struct SystemStack {
     daemons: tokio::sync::Mutex<Vec<Daemon>>,
     /// When the client list was last saved (monotonic ms).
     clients_saved_at: AtomicU64,
+    /// When the filesystem was last probed for writes (monotonic ms).
+    probed_at: AtomicU64,
 }
 
 impl SystemStack {
@@ -79,6 +83,7 @@ impl SystemStack {
             last_resort,
             daemons: tokio::sync::Mutex::new(Vec::new()),
             clients_saved_at: AtomicU64::new(0),
+            probed_at: AtomicU64::new(0),
         }
     }
 
@@ -202,7 +207,12 @@ impl Stack for SystemStack {
         // Mounted is what mountinfo says (teardown must unmount it either way); whether
         // it still takes writes is a health question, asked with a short deadline so a
         // hung disk cannot stall the observation.
-        let unhealthy = if mounted {
+        // Once a second is enough (the "every second or so"): each probe is an
+        // fsync'ed write that DRBD replicates.
+        let now = super::agent::monotonic_ms();
+        let due = now.saturating_sub(self.probed_at.load(Ordering::Relaxed)) >= PROBE_INTERVAL_MS;
+        let unhealthy = if mounted && due {
+            self.probed_at.store(now, Ordering::Relaxed);
             crate::drivers::fs_mount::probe_writable(&self.mount.mountpoint, PROBE_TIMEOUT)
                 .await
                 .err()
