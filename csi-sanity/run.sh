@@ -8,15 +8,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin_dir=${1:-$repo/target/debug}
-version=v5.4.0
-cache=${HANFS_CACHE:-$HOME/.cache/hanfs}/csi-sanity-$version
-sanity=$cache/csi-sanity
-
-if [ ! -x "$sanity" ]; then
-    echo "installing csi-sanity $version into $cache"
-    mkdir -p "$cache"
-    GOBIN=$cache GOFLAGS=-mod=mod go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$version"
-fi
+sanity=$("$repo/csi-sanity/install.sh")
 if [ ! -x "$bin_dir/hanfsctl" ] || [ ! -x "$bin_dir/hanfs-node" ]; then
     (cd "$repo" && cargo build --bins)
 fi
@@ -71,17 +63,7 @@ if [ "$sanity_rc" -ne 0 ]; then
 fi
 
 # Which specs csi-sanity skipped by itself, and why (we pass no skip flags).
-python3 - "$work/junit.xml" <<'PY'
-import sys, xml.etree.ElementTree as ET
-reasons = {}
-for case in ET.parse(sys.argv[1]).iter("testcase"):
-    skipped = case.find("skipped")
-    if skipped is not None:
-        reason = (skipped.get("message") or "").replace("skipped - ", "").strip()
-        reasons.setdefault(reason, []).append(case.get("name"))
-for reason, names in sorted(reasons.items()):
-    print(f"csi-sanity skipped {len(names)} spec(s): {reason}")
-PY
+python3 "$repo/csi-sanity/skipped.py" "$work/junit.xml"
 
 # After-run checks: what the parameters promised really happened.
 leftover=$(ls "$work/export/volumes" | wc -l)

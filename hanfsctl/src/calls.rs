@@ -259,10 +259,28 @@ pub async fn publish(
     volume_id: &str,
     target: &Path,
     readonly: bool,
+    staging: Option<&Path>,
 ) -> Result<(), Error> {
     let mut node = NodeClient::new(channel(&sockets.node)?);
+    let staging_target_path = match staging {
+        Some(staging) => {
+            let staging = absolute(staging)?;
+            node.node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: volume_id.to_owned(),
+                staging_target_path: staging.clone(),
+                volume_capability: Some(capability()),
+                ..Default::default()
+            })
+            .await
+            .map_err(described)?;
+            println!("{volume_id} staged on {staging}");
+            staging
+        }
+        None => String::new(),
+    };
     node.node_publish_volume(csi::NodePublishVolumeRequest {
         volume_id: volume_id.to_owned(),
+        staging_target_path,
         target_path: absolute(target)?,
         volume_capability: Some(capability()),
         readonly,
@@ -278,7 +296,12 @@ pub async fn publish(
     Ok(())
 }
 
-pub async fn unpublish(sockets: &Sockets, volume_id: &str, target: &Path) -> Result<(), Error> {
+pub async fn unpublish(
+    sockets: &Sockets,
+    volume_id: &str,
+    target: &Path,
+    staging: Option<&Path>,
+) -> Result<(), Error> {
     let mut node = NodeClient::new(channel(&sockets.node)?);
     node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
         volume_id: volume_id.to_owned(),
@@ -287,6 +310,15 @@ pub async fn unpublish(sockets: &Sockets, volume_id: &str, target: &Path) -> Res
     .await
     .map_err(described)?;
     println!("{volume_id} unmounted from {}", target.display());
+    if let Some(staging) = staging {
+        node.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: volume_id.to_owned(),
+            staging_target_path: absolute(staging)?,
+        })
+        .await
+        .map_err(described)?;
+        println!("{volume_id} unstaged from {}", staging.display());
+    }
     Ok(())
 }
 

@@ -35,6 +35,23 @@ impl Sockets {
             node: socket("node.sock"),
         }
     }
+
+    /// Replaces the controller and node endpoints where the user named others (a real
+    /// deployment instead of local mode).
+    pub fn with_overrides(
+        mut self,
+        controller: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Self, Error> {
+        if let Some(text) = controller {
+            self.controller =
+                Endpoint::parse(text).map_err(|e| format!("--controller {text:?}: {e}"))?;
+        }
+        if let Some(text) = node {
+            self.node = Endpoint::parse(text).map_err(|e| format!("--node {text:?}: {e}"))?;
+        }
+        Ok(self)
+    }
 }
 
 fn socket_path(endpoint: &Endpoint) -> &Path {

@@ -26,6 +26,13 @@ struct Cli {
     /// The cluster id local mode runs with.
     #[arg(long, global = true, env = "HANFS_CLUSTER_ID", default_value = "local")]
     cluster_id: String,
+    /// The controller's CSI endpoint (default: local mode's socket under --dir).
+    #[arg(long, global = true, env = "HANFS_CONTROLLER_ENDPOINT")]
+    controller: Option<String>,
+    /// The node plugin's CSI endpoint, e.g. tcp://10.0.0.7:10000 (default: local mode's
+    /// socket under --dir).
+    #[arg(long, global = true, env = "HANFS_NODE_ENDPOINT")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,9 +60,18 @@ enum Command {
         target: PathBuf,
         #[arg(long)]
         readonly: bool,
+        /// Stage the volume here first (NodeStageVolume), as kubelet does, and publish
+        /// a bind mount of it.
+        #[arg(long)]
+        staging: Option<PathBuf>,
     },
-    /// Unmount it again (CSI NodeUnpublishVolume).
-    Unpublish { volume_id: String, target: PathBuf },
+    /// Unmount it again (CSI NodeUnpublishVolume; NodeUnstageVolume with --staging).
+    Unpublish {
+        volume_id: String,
+        target: PathBuf,
+        #[arg(long)]
+        staging: Option<PathBuf>,
+    },
     /// Usage and health of a mounted volume (CSI NodeGetVolumeStats).
     Stats { volume_id: String, target: PathBuf },
     /// Backend state: filesystem, quota and reflink support, capacity, counts.
@@ -75,7 +91,15 @@ enum LocalCommand {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let sockets = local::Sockets::under(&cli.dir);
+    let sockets = match local::Sockets::under(&cli.dir)
+        .with_overrides(cli.controller.as_deref(), cli.node.as_deref())
+    {
+        Ok(sockets) => sockets,
+        Err(error) => {
+            eprintln!("hanfsctl: {error}");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Local {
             command: LocalCommand::Up { bin_dir },
@@ -86,10 +110,13 @@ async fn main() {
             volume_id,
             target,
             readonly,
-        } => calls::publish(&sockets, &volume_id, &target, readonly).await,
-        Command::Unpublish { volume_id, target } => {
-            calls::unpublish(&sockets, &volume_id, &target).await
-        }
+            staging,
+        } => calls::publish(&sockets, &volume_id, &target, readonly, staging.as_deref()).await,
+        Command::Unpublish {
+            volume_id,
+            target,
+            staging,
+        } => calls::unpublish(&sockets, &volume_id, &target, staging.as_deref()).await,
         Command::Stats { volume_id, target } => calls::stats(&sockets, &volume_id, &target).await,
         Command::Status => calls::status(&sockets).await,
     };

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# hanfs on the VM cluster, end to end (DESIGN.md §5): builds release binaries, then
+#   e2e/run.sh ci       boot, csi-sanity over real NFS, per-volume checks (quota, stats,
+#                       expansion, reflink snapshot/clone), one hard kill, one switchover
+#                       (~10 min here; the README's test command runs this)
+#   e2e/run.sh matrix   all of that plus every failover scenario (hard kill 5×, nfsd
+#                       killed, filesystem broken, replication link cut, API cut,
+#                       switchover 5×, cold restart) and the stock setup's hard kill
+#                       side by side (~45 min here)
+# Further options go to hanfs-e2e (e.g. --only link-cut,api-cut --skip-sanity).
+# Needs root, qemu-system-x86, debootstrap, Go; one VM cluster at a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins
+exec target/release/hanfs-e2e "$@"

@@ -1,0 +1,193 @@
+//! `hanfs-e2e`: hanfs on the VM cluster, end to end (see the crate docs).
+//!
+//!   hanfs-e2e ci       boot, csi-sanity over NFS, per-volume checks, one hard kill,
+//!                      one switchover (what the README's test command runs)
+//!   hanfs-e2e matrix   all of that, then every failover scenario (hard kill 5×,
+//!                      each other scenario with and without a lock, switchover 5×) and
+//!                      the stock setup's hard kill for comparison
+//!
+//! Options: `--only a,b` runs only those scenarios (matrix), `--skip-sanity`,
+//! `--skip-stock`, `--hard-kills N`, `--switchovers N`.
+//! Prints the tables on stdout and ends with `e2e: N passed, M failed`.
+//! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
+
+use hanfs_e2e::cluster::HanfsCluster;
+use hanfs_e2e::scenarios::{ALL, Runner};
+use hanfs_e2e::writer::Trial;
+use hanfs_e2e::{Clock, Error, report, sanity, stock, volume_checks};
+
+struct Plan {
+    sanity: bool,
+    checks: bool,
+    /// (scenario, lock) in order.
+    trials: Vec<(String, bool)>,
+    /// Locks of the stock setup's hard-kill trials (empty: no stock run).
+    stock: Vec<bool>,
+}
+
+fn plan(args: &[String]) -> Result<Plan, Error> {
+    let mode = args.first().map(String::as_str).unwrap_or("");
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let value = |name: &str| -> Option<&str> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    let number = |name: &str, default: usize| -> Result<usize, Error> {
+        value(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|e| format!("{name} {v:?}: {e}").into())
+        })
+    };
+    let mut trials = Vec::new();
+    let mut stock = Vec::new();
+    match mode {
+        "ci" => {
+            trials.push(("hard-kill".to_owned(), true));
+            trials.push(("switchover".to_owned(), false));
+        }
+        "matrix" => {
+            let only: Vec<&str> = value("--only").map_or(ALL.to_vec(), |v| v.split(',').collect());
+            for name in &only {
+                if !ALL.contains(name) {
+                    return Err(format!("unknown scenario {name:?}; known: {ALL:?}").into());
+                }
+            }
+            for name in ALL.iter().filter(|n| only.contains(n)) {
+                let count = match *name {
+                    "hard-kill" => number("--hard-kills", 5)?,
+                    "switchover" => number("--switchovers", 5)?,
+                    "cold-restart" => 1,
+                    _ => 2,
+                };
+                // Alternate: with a lock first, then without.
+                trials.extend((0..count).map(|i| (name.to_string(), i % 2 == 0)));
+            }
+            if !flag("--skip-stock") && only.contains(&"hard-kill") {
+                stock = vec![true, false];
+            }
+        }
+        _ => return Err("usage: hanfs-e2e ci|matrix [--only a,b] [--skip-sanity] [--skip-stock] [--hard-kills N] [--switchovers N]".into()),
+    }
+    Ok(Plan {
+        sanity: !flag("--skip-sanity"),
+        checks: !flag("--skip-checks"),
+        trials,
+        stock,
+    })
+}
+
+#[derive(Default)]
+struct Outcome {
+    passed: usize,
+    failed: usize,
+    trials: Vec<Trial>,
+    lines: Vec<String>,
+}
+
+fn run_hanfs(clock: Clock, plan: &Plan, outcome: &mut Outcome) -> Result<(), Error> {
+    let hc = HanfsCluster::start(clock)?;
+    let result = run_on(&hc, plan, outcome);
+    if result.is_err() {
+        hc.dump_logs();
+    }
+    hc.destroy()?;
+    result
+}
+
+fn run_on(hc: &HanfsCluster, plan: &Plan, outcome: &mut Outcome) -> Result<(), Error> {
+    if plan.sanity {
+        let result = sanity::run(hc)?;
+        outcome.lines.push(format!(
+            "csi-sanity over NFS: {} passed, {} failed, {} skipped by csi-sanity, {} pending, in {:.0} s",
+            result.passed, result.failed, result.skipped, result.pending, result.seconds
+        ));
+        outcome.lines.extend(result.skip_reasons.iter().cloned());
+        outcome.lines.extend(
+            result
+                .checks
+                .iter()
+                .map(|c| format!("after csi-sanity: {c}")),
+        );
+        outcome.passed += result.passed;
+        outcome.failed += result.failed;
+        hc.clock.log("csi-sanity over NFS passed");
+    }
+    if plan.checks {
+        for check in volume_checks::run(hc)? {
+            outcome.lines.push(format!(
+                "volume check: {}: {} ({})",
+                check.name,
+                if check.ok { "ok" } else { "FAILED" },
+                check.detail
+            ));
+            if check.ok {
+                outcome.passed += 1;
+            } else {
+                outcome.failed += 1;
+            }
+        }
+        hc.clock.log("volume checks done");
+    }
+    if plan.trials.is_empty() {
+        return Ok(());
+    }
+    let (_, target) = hc.published_volume("writer", "128Mi")?;
+    let mut runner = Runner::new(hc, target);
+    for (name, lock) in &plan.trials {
+        let trial = runner.run(name, *lock)?;
+        hc.clock.log(&format!(
+            "{name} (lock {lock}): stall {:.2} s, {} acked, {} lost, {} I/O errors, {} locks lost, {} split-brain, {} stale; {}",
+            trial.stall_s, trial.acked, trial.lost, trial.io_errors, trial.locks_lost,
+            trial.split_brain, trial.stale_handles, trial.notes.join("; ")
+        ));
+        if trial.clean() {
+            outcome.passed += 1;
+        } else {
+            outcome.failed += 1;
+        }
+        outcome.trials.push(trial);
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let plan = match plan(&args) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprintln!("hanfs-e2e: {e}");
+            std::process::exit(2);
+        }
+    };
+    let clock = Clock::start();
+    let mut outcome = Outcome::default();
+    let mut errors = Vec::new();
+    if let Err(e) = run_hanfs(clock, &plan, &mut outcome) {
+        errors.push(format!("hanfs: {e}"));
+    }
+    if !plan.stock.is_empty() {
+        // Its own cluster, after the hanfs one is gone (never two VM clusters at once).
+        match stock::hard_kill(clock, &plan.stock) {
+            Ok(trials) => outcome.trials.extend(trials),
+            Err(e) => errors.push(format!("stock setup: {e}")),
+        }
+    }
+    println!("== e2e results ({:.0} s)", clock.elapsed_s());
+    for line in &outcome.lines {
+        println!("{line}");
+    }
+    if !outcome.trials.is_empty() {
+        println!();
+        println!("{}", report::trials_table(&outcome.trials));
+        println!("{}", report::summary_table(&outcome.trials));
+    }
+    for e in &errors {
+        println!("ERROR: {e}");
+    }
+    let failed = outcome.failed + errors.len();
+    println!("e2e: {} passed, {failed} failed", outcome.passed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,511 @@
+//! One hanfs installation on the VM cluster, brought up the way an admin would:
+//! storage-a and storage-b (DRBD 8.4 protocol C + resource-and-stonith with our
+//! fence-peer handler, XFS with project quotas and reflink, `hanfs-backend agent`), a
+//! kube-apiserver + etcd on the host side of the private bridge holding the Lease, the
+//! controller on the host calling the volume API at the VIP, and the node plugin in the
+//! client VM mounting over NFS. The agents do every promotion; this module only
+//! provisions the disks once and starts the processes.
+
+use crate::{Clock, Error};
+use hanfs_testkit::kube::KubeApiServer;
+use hanfs_testkit::process::Supervised;
+use hanfs_testkit::vm::{Cluster, ClusterSpec, Vm, VmSpec};
+use std::collections::HashMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VIP: &str = "10.80.0.100";
+pub const STORAGE: [&str; 2] = ["storage-a", "storage-b"];
+pub const STORAGE_IPS: [&str; 2] = ["10.80.0.11", "10.80.0.12"];
+pub const CLIENT: &str = "client";
+pub const CLIENT_IP: &str = "10.80.0.20";
+/// Where the node plugin in the client VM serves CSI (TCP: csi-sanity and hanfsctl call
+/// it from the host side of the bridge).
+pub const NODE_PORT: u16 = 10000;
+pub const CLUSTER_ID: &str = "e2e";
+/// The Lease duration the agents run with (the default an admin gets).
+pub const LEASE_MS: u64 = 6000;
+/// Size of each storage VM's DRBD backing disk.
+pub const DATA_DISK_MIB: u64 = 512;
+
+pub const LONG: Duration = Duration::from_secs(120);
+pub const SHORT: Duration = Duration::from_secs(30);
+
+fn agent_config(node: &str, peer: &str) -> String {
+    format!(
+        r#"{{
+  "node": "{node}", "peer": "{peer}",
+  "lease": {{ "namespace": "default", "name": "hanfs-export", "duration_ms": {LEASE_MS} }},
+  "kubeconfig": "/hanfs/share/kubeconfig",
+  "state_dir": "/run/hanfs", "admin_socket": "/run/hanfs/admin.sock",
+  "volume_api": {{ "listen": "tcp://0.0.0.0:9820", "token_file": "/hanfs/share/backend-token" }},
+  "drbd": {{ "resource": "r0", "device": "/dev/drbd0" }},
+  "filesystem": {{ "mountpoint": "/export", "fstype": "xfs", "options": ["prjquota"] }},
+  "nfsd": {{ "scope": "hanfs-nfs", "lease_secs": 10, "grace_secs": 10, "threads": 8 }},
+  "vip": {{ "address": "{VIP}", "prefix_len": 24, "interface": "eth0" }},
+  "last_resort": "reboot"
+}}"#
+    )
+}
+
+/// The three VMs on the private bridge; the storage VMs with a blank data disk each.
+pub fn vm_spec(bins: &Path) -> ClusterSpec {
+    ClusterSpec::new(vec![
+        VmSpec::new("storage-a", Ipv4Addr::new(10, 80, 0, 11)).with_data_disk(DATA_DISK_MIB),
+        VmSpec::new("storage-b", Ipv4Addr::new(10, 80, 0, 12)).with_data_disk(DATA_DISK_MIB),
+        VmSpec::new(CLIENT, Ipv4Addr::new(10, 80, 0, 20)),
+    ])
+    .with_host_dir(bins)
+}
+
+/// The repository root and the release binaries the guests run.
+pub fn repo_and_bins() -> Result<(PathBuf, PathBuf), Error> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()?;
+    let bins = repo.join("target/release");
+    for bin in [
+        "hanfs-backend",
+        "hanfs-controller",
+        "hanfs-node",
+        "hanfsctl",
+    ] {
+        if !bins.join(bin).exists() {
+            return Err(format!(
+                "{} is missing: build release binaries first (cargo build --release --bins)",
+                bins.join(bin).display()
+            )
+            .into());
+        }
+    }
+    Ok((repo, bins))
+}
+
+/// DRBD up on a (re)booted storage VM: its root disk is fresh at every boot, the data
+/// disk keeps the replicated data and DRBD's metadata.
+pub fn drbd_up(vm: &Vm, resource_file: &str, create_md: bool) -> Result<(), Error> {
+    let create_md = if create_md {
+        "drbdadm create-md --force r0 >/dev/null 2>&1"
+    } else {
+        "true"
+    };
+    vm.run(
+        &format!(
+            "cp /hanfs/share/{resource_file} /etc/drbd.d/r0.res && modprobe drbd && {create_md} && drbdadm up r0"
+        ),
+        LONG,
+    )?;
+    Ok(())
+}
+
+/// Declares the two blank disks in sync (no initial full resync) and makes the
+/// filesystem once: provisioning, before any agent runs.
+pub fn provision_filesystem(vm: &Vm) -> Result<(), Error> {
+    vm.run(
+        "for i in $(seq 1 100); do grep -q 'cs:Connected' /proc/drbd && break; sleep 0.1; done; \
+         drbdadm -- --clear-bitmap new-current-uuid r0 && drbdadm primary r0 && \
+         mkfs.xfs -f -q /dev/drbd0 && drbdadm secondary r0",
+        LONG,
+    )?;
+    Ok(())
+}
+
+/// Counts DRBD's "Split-Brain detected" kernel messages per boot of each storage VM, so
+/// a reading after every scenario reports only what is new.
+#[derive(Debug, Default)]
+pub struct SplitBrainCounter {
+    seen: HashMap<(String, String), usize>,
+}
+
+impl SplitBrainCounter {
+    /// New "Split-Brain detected" messages on the running storage VMs since the last call.
+    pub fn new_events(&mut self, cluster: &Cluster) -> Result<usize, Error> {
+        let mut new = 0;
+        for name in STORAGE {
+            let vm = cluster.vm(name);
+            if !vm.is_running() {
+                continue;
+            }
+            let out = vm.run(
+                "cat /proc/sys/kernel/random/boot_id; dmesg | grep -c 'Split-Brain detected' || true",
+                SHORT,
+            )?;
+            let mut lines = out.lines();
+            let boot = lines.next().unwrap_or_default().trim().to_owned();
+            let count: usize = lines.next().unwrap_or("0").trim().parse().unwrap_or(0);
+            let before = self
+                .seen
+                .insert((name.to_owned(), boot), count)
+                .unwrap_or(0);
+            new += count.saturating_sub(before);
+        }
+        Ok(new)
+    }
+}
+
+/// The running installation. Fields drop in order: controller, API server, VMs.
+pub struct HanfsCluster {
+    pub clock: Clock,
+    pub repo: PathBuf,
+    pub bins: PathBuf,
+    controller: Option<Supervised>,
+    api: Option<KubeApiServer>,
+    cluster: Cluster,
+}
+
+impl HanfsCluster {
+    /// Boots everything and returns once one storage VM serves the VIP and the node
+    /// plugin and controller answer.
+    pub fn start(clock: Clock) -> Result<Self, Error> {
+        let (repo, bins) = repo_and_bins()?;
+        let cluster = Cluster::start(vm_spec(&bins))?;
+        clock.log(&format!(
+            "3 VMs up in {:.1}s",
+            cluster.boot_time().as_secs_f64()
+        ));
+        let kube_dir = cluster.workdir().join("kube");
+        fs::create_dir_all(&kube_dir)?;
+        let api = KubeApiServer::start(cluster.netns(), cluster.bridge_ip(), &kube_dir)?;
+        clock.log(&format!(
+            "kube-apiserver ready in {:.1}s",
+            api.startup_time().as_secs_f64()
+        ));
+        let mut hc = HanfsCluster {
+            clock,
+            repo,
+            bins,
+            controller: None,
+            api: Some(api),
+            cluster,
+        };
+        hc.install()?;
+        Ok(hc)
+    }
+
+    fn install(&mut self) -> Result<(), Error> {
+        let resource = fs::read_to_string(self.repo.join("e2e/storage/drbd-r0.res"))?;
+        let token = format!("e2e-{}", std::process::id());
+        fs::write(self.workdir().join("backend-token"), &token)?;
+        let kubeconfig = self
+            .api
+            .as_ref()
+            .ok_or("the API server is gone")?
+            .kubeconfig()
+            .to_owned();
+        for (i, name) in STORAGE.iter().enumerate() {
+            let share = self.vm(name).share_dir();
+            fs::write(share.join("r0.res"), &resource)?;
+            fs::copy(&kubeconfig, share.join("kubeconfig"))?;
+            fs::write(share.join("backend-token"), &token)?;
+            fs::write(share.join("agent.json"), agent_config(name, STORAGE[1 - i]))?;
+        }
+        crate::writer::install(self.client())?;
+        for name in STORAGE {
+            drbd_up(self.vm(name), "r0.res", true)?;
+        }
+        provision_filesystem(self.vm("storage-a"))?;
+        self.clock
+            .log("DRBD r0 connected, UpToDate/UpToDate, XFS made");
+        for name in STORAGE {
+            start_agent(self.vm(name))?;
+        }
+        let (first, took) = self.wait_active(None, LONG)?;
+        self.clock.log(&format!(
+            "{first} active {:.1}s after the agents started",
+            took.as_secs_f64()
+        ));
+        self.start_node_plugin()?;
+        self.start_controller()?;
+        self.clock
+            .log("node plugin (client VM) and controller (host) answer");
+        Ok(())
+    }
+
+    /// The node plugin in the client VM: NFS transport, defaults for everything else, plus
+    /// the folder csi-sanity's paths live in (see [`crate::sanity`]).
+    fn start_node_plugin(&self) -> Result<(), Error> {
+        let sanity = self.sanity_dir();
+        fs::create_dir_all(&sanity)?;
+        let sanity = sanity.display();
+        self.client().run(
+            &format!(
+                "mkdir -p {sanity} /var/lib/kubelet && mount --bind /hanfs/share/sanity {sanity} && \
+                 setsid -f hanfs-node --endpoint tcp://0.0.0.0:{NODE_PORT} --node-id {CLIENT} \
+                   --cluster-id {CLUSTER_ID} --transport nfs --nfs-server {VIP} \
+                   --allowed-target-root /var/lib/kubelet --allowed-target-root {sanity} \
+                   >>/hanfs/share/node.log 2>&1"
+            ),
+            SHORT,
+        )?;
+        self.wait_ready("node plugin", || {
+            self.hanfsctl_raw(&["--node", &self.node_endpoint(), "stats", "probe", "/x"])
+        })
+    }
+
+    fn start_controller(&mut self) -> Result<(), Error> {
+        let socket = self.workdir().join("controller.sock");
+        let log = fs::File::create(self.workdir().join("controller.log"))?;
+        let mut cmd = Command::new(self.bins.join("hanfs-controller"));
+        cmd.args([
+            "--endpoint",
+            &format!("unix://{}", socket.display()),
+            "--cluster-id",
+            CLUSTER_ID,
+            "--backend",
+            &format!("tcp://{VIP}:9820"),
+            "--backend-token-file",
+            &self.workdir().join("backend-token").display().to_string(),
+            "--nfs-server",
+            VIP,
+            "--nfs-share",
+            "/export",
+        ]);
+        // command_in copies program, arguments and environment, not stdio.
+        let mut in_netns = self.cluster.command_in(&cmd);
+        in_netns.stdout(log.try_clone()?).stderr(log);
+        self.controller = Some(Supervised::spawn("hanfs-controller", &mut in_netns)?);
+        self.wait_ready("controller", || self.hanfsctl(&["volume", "list"]))
+    }
+
+    /// Polls `probe` until the server answers (a refusal of the probe's made-up
+    /// arguments counts: it came from the server).
+    fn wait_ready(
+        &self,
+        what: &str,
+        probe: impl Fn() -> Result<String, Error>,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < SHORT {
+            match probe() {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if ["NotFound", "InvalidArgument"]
+                        .iter()
+                        .any(|code| e.to_string().contains(code)) =>
+                {
+                    return Ok(());
+                }
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Err(format!("{what} did not answer within {SHORT:?}: {last}").into())
+    }
+
+    pub fn vm(&self, name: &str) -> &Vm {
+        self.cluster.vm(name)
+    }
+
+    pub fn client(&self) -> &Vm {
+        self.cluster.vm(CLIENT)
+    }
+
+    pub fn vms(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    pub fn workdir(&self) -> &Path {
+        self.cluster.workdir()
+    }
+
+    /// Host path of the folder the client VM also sees at the same path (a bind mount of
+    /// its 9p share), so csi-sanity's mkdir/stat on the host match the node's paths.
+    pub fn sanity_dir(&self) -> PathBuf {
+        self.client().share_dir().join("sanity")
+    }
+
+    pub fn controller_endpoint(&self) -> String {
+        format!(
+            "unix://{}",
+            self.workdir().join("controller.sock").display()
+        )
+    }
+
+    pub fn node_endpoint(&self) -> String {
+        format!("tcp://{CLIENT_IP}:{NODE_PORT}")
+    }
+
+    /// Runs hanfsctl in the cluster's namespace against the controller and node plugin.
+    pub fn hanfsctl(&self, args: &[&str]) -> Result<String, Error> {
+        let mut all = vec![
+            "--controller".to_owned(),
+            self.controller_endpoint(),
+            "--node".to_owned(),
+            self.node_endpoint(),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.hanfsctl_raw(&refs)
+    }
+
+    fn hanfsctl_raw(&self, args: &[&str]) -> Result<String, Error> {
+        let mut cmd = Command::new(self.bins.join("hanfsctl"));
+        cmd.args(args).stdin(Stdio::null());
+        let out = hanfs_testkit::cmd::output(&mut self.cluster.command_in(&cmd), LONG)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!(
+                "hanfsctl {}: {}{}",
+                args.join(" "),
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(stdout)
+    }
+
+    /// The storage VM that serves (its agent reports the VIP), if any.
+    pub fn active(&self, skip: Option<&str>) -> Option<String> {
+        STORAGE
+            .iter()
+            .find(|name| {
+                Some(**name) != skip
+                    && self.vm(name).is_running()
+                    && self
+                        .vm(name)
+                        .exec("hanfs-backend status 2>&1", SHORT)
+                        .is_ok_and(|s| {
+                            s.stdout.contains("vip=true")
+                                && s.stdout.contains("state:       active")
+                        })
+            })
+            .map(|name| (*name).to_owned())
+    }
+
+    pub fn wait_active(
+        &self,
+        skip: Option<&str>,
+        limit: Duration,
+    ) -> Result<(String, Duration), Error> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(name) = self.active(skip) {
+                return Ok((name, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(format!("no storage VM became active within {limit:?}").into())
+    }
+
+    /// `hanfs-backend status` on a storage VM.
+    pub fn status(&self, name: &str) -> Result<String, Error> {
+        Ok(self.vm(name).run("hanfs-backend status 2>&1", SHORT)?)
+    }
+
+    /// Restarts a killed storage VM the way its boot would: DRBD up, agent started.
+    pub fn restart_storage(&self, name: &str) -> Result<(), Error> {
+        let vm = self.vm(name);
+        if vm.is_running() {
+            vm.kill()?;
+        }
+        vm.restart()?;
+        drbd_up(vm, "r0.res", false)?;
+        start_agent(vm)?;
+        Ok(())
+    }
+
+    /// Waits until DRBD on `name` is connected and both disks are UpToDate.
+    pub fn wait_in_sync(&self, name: &str, limit: Duration) -> Result<Duration, Error> {
+        let started = Instant::now();
+        loop {
+            let state = self.vm(name).exec("cat /proc/drbd", SHORT)?;
+            if state.stdout.contains("cs:Connected")
+                && state.stdout.contains("ds:UpToDate/UpToDate")
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                return Err(
+                    format!("{name} did not resync within {limit:?}: {}", state.stdout).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Creates a volume through the controller and publishes it in the client VM as
+    /// kubelet would (stage once, bind per pod). Returns (volume id, target path).
+    pub fn published_volume(&self, name: &str, size: &str) -> Result<(String, String), Error> {
+        let created = self.hanfsctl(&["volume", "create", name, "--size", size])?;
+        let id = first_word(&created)?;
+        let staging =
+            format!("/var/lib/kubelet/plugins/kubernetes.io/csi/hanfs/{name}/globalmount");
+        let target = format!("/var/lib/kubelet/pods/{name}/volumes/kubernetes.io~csi/{name}/mount");
+        self.client()
+            .run(&format!("mkdir -p {staging} $(dirname {target})"), SHORT)?;
+        self.hanfsctl(&["publish", &id, &target, "--staging", &staging])?;
+        Ok((id, target))
+    }
+
+    /// The end of each agent's log, the node plugin's and controller's, and the client's
+    /// kernel log: what to read when a step failed.
+    pub fn dump_logs(&self) {
+        for name in STORAGE {
+            let log =
+                fs::read_to_string(self.vm(name).share_dir().join("agent.log")).unwrap_or_default();
+            eprintln!("---- {name} agent log (last 40 lines without DEBUG) ----");
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+        for (what, path) in [
+            ("node plugin", self.client().share_dir().join("node.log")),
+            ("controller", self.workdir().join("controller.log")),
+        ] {
+            let log = fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- {what} log (last 20 lines) ----");
+            for line in &lines[lines.len().saturating_sub(20)..] {
+                eprintln!("{line}");
+            }
+        }
+        match self.client().exec("dmesg | tail -20", SHORT) {
+            Ok(out) => eprintln!("---- client dmesg ----\n{}", out.stdout),
+            Err(e) => eprintln!("---- client: {e}"),
+        }
+        hold_if_asked(self.workdir());
+    }
+
+    /// Stops the controller, the API server and the VMs, reporting the first error.
+    pub fn destroy(mut self) -> Result<(), Error> {
+        if let Some(mut controller) = self.controller.take() {
+            let _ = controller.stop(Duration::from_secs(5));
+        }
+        drop(self.api.take());
+        self.cluster.destroy()?;
+        Ok(())
+    }
+}
+
+/// With `HANFS_E2E_HOLD_SECS` set, keeps the cluster alive (bounded) for a look:
+/// `e2e/vm/vm.sh exec <workdir>/<vm>` works meanwhile.
+pub fn hold_if_asked(workdir: &Path) {
+    if let Ok(hold) = std::env::var("HANFS_E2E_HOLD_SECS") {
+        let secs = hold.parse().unwrap_or(0u64).min(1800);
+        eprintln!("holding the cluster in {} for {secs} s", workdir.display());
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+}
+
+pub fn start_agent(vm: &Vm) -> Result<(), Error> {
+    vm.run(
+        "mkdir -p /etc/hanfs /export /run/hanfs && cp /hanfs/share/agent.json /etc/hanfs/agent.json && \
+         setsid -f hanfs-backend agent --config /etc/hanfs/agent.json >>/hanfs/share/agent.log 2>&1",
+        SHORT,
+    )?;
+    Ok(())
+}
+
+/// The first word of a CLI line (hanfsctl prints ids first).
+pub fn first_word(text: &str) -> Result<String, Error> {
+    text.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("expected an id, got {text:?}").into())
+}

@@ -1,0 +1,43 @@
+//! End-to-end runs on the VM cluster: real DRBD, kernel nfsd and NFS client, a real
+//! kube-apiserver, the hanfs agents, controller and node plugin (DESIGN.md §5).
+//!
+//! - [`cluster`]: brings up the whole hanfs installation (three VMs, the API server,
+//!   DRBD, agents, the controller on the host, the node plugin in the client VM).
+//! - [`sanity`]: the upstream csi-sanity over real NFS.
+//! - [`volume_checks`]: per-volume behaviour on the real stack (quota, stats, expansion,
+//!   snapshots and clones).
+//! - [`writer`] + [`scenarios`]: failovers measured by a client that fsyncs numbered
+//!   records; [`stock`]: the same hard kill with the hand-built setup people run today.
+//! - [`report`]: the tables.
+//!
+//! The binary `hanfs-e2e` runs the CI subset (`ci`) or the full matrix (`matrix`).
+
+pub mod cluster;
+pub mod report;
+pub mod sanity;
+pub mod scenarios;
+pub mod stock;
+pub mod volume_checks;
+pub mod writer;
+
+use std::time::Instant;
+
+pub type Error = Box<dyn std::error::Error>;
+
+/// Seconds since the run started, for progress lines on stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Clock(Instant::now())
+    }
+
+    pub fn log(&self, what: &str) {
+        eprintln!("[{:>7.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}

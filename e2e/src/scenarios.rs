@@ -1,0 +1,227 @@
+//! The failover scenarios of the matrix. Each injects one fault while the client's
+//! writer runs on a published volume, lets the agents act, measures (see
+//! [`crate::writer`]), then brings the cluster back to two connected, UpToDate nodes
+//! for the next scenario. Extra expectations of a scenario (the peer refusing to
+//! promote while outdated, the up-to-date node winning a cold start) are checked here
+//! and reported in the row's notes; a broken expectation fails the trial.
+
+use crate::Error;
+use crate::cluster::{HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter};
+use crate::writer::{Trial, Writer, run_trial};
+use std::time::Duration;
+
+/// Bound on a returning node's resync (a full 512 MiB resync takes ~20 s here).
+const RESYNC_LIMIT: Duration = Duration::from_secs(300);
+
+/// The scenarios, by the names the command line takes.
+pub const ALL: &[&str] = &[
+    "hard-kill",
+    "nfsd-killed",
+    "fs-broken",
+    "link-cut",
+    "api-cut",
+    "switchover",
+    "cold-restart",
+];
+
+pub struct Runner<'a> {
+    pub hc: &'a HanfsCluster,
+    /// The published volume the writer writes into (a path in the client VM).
+    pub target: String,
+    split_brain: SplitBrainCounter,
+}
+
+fn peer_of(name: &str) -> &'static str {
+    if name == STORAGE[0] {
+        STORAGE[1]
+    } else {
+        STORAGE[0]
+    }
+}
+
+fn ip_of(name: &str) -> &'static str {
+    if name == STORAGE[0] {
+        STORAGE_IPS[0]
+    } else {
+        STORAGE_IPS[1]
+    }
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(hc: &'a HanfsCluster, target: String) -> Self {
+        Runner {
+            hc,
+            target,
+            split_brain: SplitBrainCounter::default(),
+        }
+    }
+
+    /// Runs scenario `name` once, with or without the writer holding a lock.
+    pub fn run(&mut self, name: &str, lock: bool) -> Result<Trial, Error> {
+        let (active, _) = self.hc.wait_active(None, LONG)?;
+        let writer = |seconds| Writer {
+            lock,
+            seconds,
+            fault_after: Duration::from_secs(8),
+        };
+        let mut trial = match name {
+            "hard-kill" => self.hard_kill(&active, writer(40))?,
+            "nfsd-killed" => self.trial(name, writer(40), || {
+                // Every nfsd thread stops, as when nfsd is killed; the export and VIP stay.
+                self.hc.vm(&active).run("rpc.nfsd 0", SHORT)?;
+                Ok(())
+            })?,
+            "fs-broken" => self.trial(name, writer(40), || {
+                // XFS forced shutdown: every I/O on the filesystem fails from now on.
+                self.hc
+                    .vm(&active)
+                    .run("xfs_io -x -c shutdown /export", SHORT)?;
+                Ok(())
+            })?,
+            "link-cut" => self.link_cut(&active, writer(30))?,
+            "api-cut" => self.api_cut(&active, writer(40))?,
+            "switchover" => self.trial(name, writer(25), || {
+                self.hc.vm(&active).run("hanfs-backend switchover", SHORT)?;
+                Ok(())
+            })?,
+            "cold-restart" => self.cold_restart(&active, writer(150))?,
+            other => return Err(format!("unknown scenario {other:?} (known: {ALL:?})").into()),
+        };
+        let (now_active, _) = self.hc.wait_active(None, LONG)?;
+        trial.notes.push(format!("{active} → {now_active}"));
+        // Back to two connected, UpToDate nodes before the next scenario.
+        let standby = peer_of(&now_active);
+        if !self.hc.vm(standby).is_running() {
+            self.hc.restart_storage(standby)?;
+        }
+        let resync = self.hc.wait_in_sync(&now_active, RESYNC_LIMIT)?;
+        trial
+            .notes
+            .push(format!("back in sync after {:.0} s", resync.as_secs_f64()));
+        trial.split_brain = self.split_brain.new_events(self.hc.vms())?;
+        Ok(trial)
+    }
+
+    fn trial(
+        &self,
+        name: &str,
+        writer: Writer,
+        fault: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<Trial, Error> {
+        run_trial(
+            &self.hc.clock,
+            self.hc.client(),
+            "hanfs",
+            name,
+            &self.target,
+            writer,
+            fault,
+        )
+    }
+
+    fn hard_kill(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
+        let mut trial = self.trial("hard-kill", writer, || {
+            self.hc.vm(active).kill()?;
+            Ok(())
+        })?;
+        let (survivor, _) = self.hc.wait_active(Some(active), LONG)?;
+        trial.notes.push(format!("{survivor} took over"));
+        self.hc.restart_storage(active)?;
+        Ok(trial)
+    }
+
+    /// The replication link between the storage VMs breaks (a blackhole route on both,
+    /// so the VIP, the client and the API server stay reachable). The active must fence
+    /// the peer in the Lease before it acknowledges more writes; the peer must refuse to
+    /// promote while outdated: a switchover is refused while the link is down.
+    fn link_cut(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
+        let peer = peer_of(active);
+        let mut trial = self.trial("link-cut", writer, || {
+            for (vm, other) in [(active, peer), (peer, active)] {
+                self.hc.vm(vm).run(
+                    &format!("ip route add blackhole {}/32", ip_of(other)),
+                    SHORT,
+                )?;
+            }
+            Ok(())
+        })?;
+        let status = self.hc.status(active)?;
+        let fenced = status.contains(&format!("fenced:      {peer} is marked outdated"));
+        let refused = self.hc.vm(active).exec("hanfs-backend switchover", SHORT)?;
+        let still = self.hc.active(None);
+        trial.notes.push(format!(
+            "peer fenced in the Lease: {}; switchover while cut: {}; active after: {}",
+            if fenced { "yes" } else { "NO" },
+            if refused.success() {
+                "ACCEPTED"
+            } else {
+                "refused"
+            },
+            still.as_deref().unwrap_or("nobody")
+        ));
+        if !fenced || refused.success() || still.as_deref() != Some(active) {
+            trial
+                .broken
+                .push("the outdated peer was not kept from serving".into());
+        }
+        for (vm, other) in [(active, peer), (peer, active)] {
+            self.hc.vm(vm).run(
+                &format!("ip route del blackhole {}/32", ip_of(other)),
+                SHORT,
+            )?;
+        }
+        Ok(trial)
+    }
+
+    /// The active loses the API server only (a blackhole route to it): it must stand
+    /// down on its own before its Lease runs out; the peer takes over after.
+    fn api_cut(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
+        let api = self.hc.vms().bridge_ip();
+        let mut trial = self.trial("api-cut", writer, || {
+            self.hc
+                .vm(active)
+                .run(&format!("ip route add blackhole {api}/32"), SHORT)?;
+            Ok(())
+        })?;
+        let (now, _) = self.hc.wait_active(Some(active), LONG)?;
+        trial.notes.push(format!("{now} took over"));
+        self.hc
+            .vm(active)
+            .run(&format!("ip route del blackhole {api}/32"), SHORT)?;
+        Ok(trial)
+    }
+
+    /// Both storage VMs go down, the standby first, so the active goes on alone and
+    /// fences it. The outdated one boots first and must not serve; once the up-to-date
+    /// one is back it serves again with every acknowledged record.
+    fn cold_restart(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
+        let standby = peer_of(active);
+        let mut outdated_served = None;
+        let mut trial = self.trial("cold-restart", writer, || {
+            self.hc.vm(standby).kill()?;
+            // The active notices, fences the standby and goes on acknowledging writes.
+            std::thread::sleep(Duration::from_secs(8));
+            self.hc.vm(active).kill()?;
+            self.hc.restart_storage(standby)?;
+            std::thread::sleep(Duration::from_secs(3 * crate::cluster::LEASE_MS / 1000));
+            outdated_served = Some(self.hc.active(None));
+            self.hc.restart_storage(active)?;
+            Ok(())
+        })?;
+        let (now, _) = self.hc.wait_active(None, LONG)?;
+        let early = outdated_served.flatten();
+        trial.notes.push(format!(
+            "outdated {standby} booted first and {}; {now} serves",
+            match &early {
+                None => "stayed standby".to_owned(),
+                Some(who) => format!("{who} SERVED"),
+            }
+        ));
+        if early.is_some() || now != active {
+            trial
+                .broken
+                .push("the up-to-date node did not win the cold start".into());
+        }
+        Ok(trial)
+    }
+}

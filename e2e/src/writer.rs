@@ -1,0 +1,241 @@
+//! The client's bounded writer and what one trial measures.
+//!
+//! The writer (Python in the client VM) appends numbered records to a file on the NFS
+//! volume, fsyncs each one and logs every acknowledgement with its monotonic time, or
+//! the errno of a failed write. Optionally it holds a POSIX (fcntl) lock for the whole
+//! run. After the run the host compares the acknowledged records with the file's
+//! content (an acknowledged record missing = lost), takes the longest gap between two
+//! acknowledgements as the client-observed stall, counts the client kernel's
+//! "lost N locks" messages, and checks that the published path still works without a
+//! remount (no stale file handle).
+
+use crate::Error;
+use crate::cluster::{LONG, SHORT};
+use hanfs_testkit::vm::Vm;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+const WRITER: &str = r#"
+import fcntl, os, sys, time
+path, log, duration, lock = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "lock"
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+if lock:
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+out = open(log, "w", buffering=1)
+end = time.monotonic() + duration
+i = 0
+while time.monotonic() < end:
+    i += 1
+    try:
+        os.write(fd, f"{i}\n".encode())
+        os.fsync(fd)
+        out.write(f"ack {i} {time.monotonic():.3f}\n")
+    except OSError as e:
+        out.write(f"err {i} {time.monotonic():.3f} {e.errno}\n")
+        time.sleep(0.2)
+    time.sleep(0.05)
+out.write(f"done {time.monotonic():.3f}\n")
+"#;
+
+/// Puts the writer script into the client's share.
+pub fn install(client: &Vm) -> Result<(), Error> {
+    std::fs::write(client.share_dir().join("writer.py"), WRITER)?;
+    Ok(())
+}
+
+/// What the writer does in one trial.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer {
+    /// Hold a POSIX (fcntl) lock on the file for the whole run.
+    pub lock: bool,
+    pub seconds: u32,
+    /// When the fault is injected after the writer started.
+    pub fault_after: Duration,
+}
+
+/// One row of the failover table.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// "hanfs" or "stock".
+    pub setup: &'static str,
+    pub scenario: String,
+    pub lock: bool,
+    /// Longest gap between two acknowledgements (s).
+    pub stall_s: f64,
+    pub acked: usize,
+    pub lost: usize,
+    pub io_errors: usize,
+    pub locks_lost: usize,
+    pub split_brain: usize,
+    /// 1 when the published path failed (e.g. ESTALE) after the trial.
+    pub stale_handles: usize,
+    /// What else was checked or seen.
+    pub notes: Vec<String>,
+    /// Expectations of the scenario that did not hold (fails the trial).
+    pub broken: Vec<String>,
+}
+
+impl Trial {
+    /// Whether the trial meets hanfs's promise: nothing lost, nothing failed.
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.io_errors == 0
+            && self.locks_lost == 0
+            && self.split_brain == 0
+            && self.stale_handles == 0
+            && self.broken.is_empty()
+    }
+}
+
+/// Runs the writer in `dir` on the client for `writer.seconds`, calls `fault` after
+/// `writer.fault_after`, waits for the writer to finish (bounded) and measures.
+pub fn run_trial(
+    clock: &crate::Clock,
+    client: &Vm,
+    setup: &'static str,
+    scenario: &str,
+    dir: &str,
+    writer: Writer,
+    fault: impl FnOnce() -> Result<(), Error>,
+) -> Result<Trial, Error> {
+    let file = format!("{dir}/records-{}.log", scenario.replace(' ', "-"));
+    client.run(
+        &format!("dmesg -c >/dev/null; rm -f /root/acks.log {file}"),
+        SHORT,
+    )?;
+    client.run(
+        &format!(
+            "setsid -f python3 /hanfs/share/writer.py {file} /root/acks.log {} {} >/root/writer.out 2>&1",
+            writer.seconds,
+            if writer.lock { "lock" } else { "nolock" }
+        ),
+        SHORT,
+    )?;
+    std::thread::sleep(writer.fault_after);
+    clock.log(&format!("{setup} {scenario}: fault"));
+    fault()?;
+    clock.log(&format!("{setup} {scenario}: fault injected"));
+    let deadline = Instant::now() + Duration::from_secs(u64::from(writer.seconds) + 240);
+    loop {
+        let tail = client.exec("tail -1 /root/acks.log", SHORT)?;
+        if tail.stdout.starts_with("done") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{setup} {scenario}: the writer did not finish").into());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let acks = client.run("cat /root/acks.log", SHORT)?;
+    let written = client.run(&format!("cat {file}"), LONG)?;
+    let locks_lost = client
+        .run("dmesg | grep -c 'lost .* lock' || true", SHORT)?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let stale = client.exec(
+        &format!("ls {dir} >/dev/null && echo probe >{dir}/probe && cat {dir}/probe"),
+        SHORT,
+    )?;
+    let measured = measure(&acks, &written)?;
+    let mut notes = Vec::new();
+    if !stale.success() {
+        notes.push(format!("published path failed: {}", stale.stderr.trim()));
+    }
+    Ok(Trial {
+        setup,
+        scenario: scenario.to_owned(),
+        lock: writer.lock,
+        stall_s: measured.stall_s,
+        acked: measured.acked,
+        lost: measured.lost,
+        io_errors: measured.io_errors,
+        locks_lost,
+        split_brain: 0,
+        stale_handles: usize::from(!stale.success()),
+        notes,
+        broken: Vec::new(),
+    })
+}
+
+/// What the acknowledgement log and the file's content say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    pub stall_s: f64,
+    pub acked: usize,
+    pub lost: usize,
+    pub io_errors: usize,
+}
+
+/// Compares the writer's log (`ack <n> <t>` / `err <n> <t> <errno>` / `done <t>` lines)
+/// with the records found in the file. The gap from the last acknowledgement to the
+/// end of the run counts as a stall too: a writer that never got another write through
+/// stalled until the end.
+pub fn measure(acks: &str, written: &str) -> Result<Measured, Error> {
+    let present: HashSet<&str> = written.lines().collect();
+    let mut acked: Vec<(&str, f64)> = Vec::new();
+    let mut io_errors = 0;
+    let mut done = None;
+    for line in acks.lines() {
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["ack", n, t] => acked.push((n, t.parse::<f64>()?)),
+            ["err", ..] => io_errors += 1,
+            ["done", t] => done = Some(t.parse::<f64>()?),
+            _ => {}
+        }
+    }
+    let lost = acked.iter().filter(|(n, _)| !present.contains(n)).count();
+    let final_gap = match (acked.last(), done) {
+        (Some((_, last)), Some(end)) => end - last,
+        _ => 0.0,
+    };
+    let stall_s = acked
+        .windows(2)
+        .map(|w| w[1].1 - w[0].1)
+        .fold(final_gap, f64::max);
+    Ok(Measured {
+        stall_s,
+        acked: acked.len(),
+        lost,
+        io_errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn counts_lost_records_errors_and_the_longest_gap() {
+        let acks =
+            "ack 1 10.000\nack 2 10.100\nerr 3 10.200 5\nack 3 17.300\nack 4 17.400\ndone 17.5\n";
+        let m = measure(acks, "1\n2\n4\n").unwrap();
+        assert_eq!(m.acked, 4);
+        assert_eq!(
+            m.lost, 1,
+            "record 3 was acknowledged but is not in the file"
+        );
+        assert_eq!(m.io_errors, 1);
+        assert!((m.stall_s - 7.2).abs() < 1e-9, "{}", m.stall_s);
+    }
+
+    #[test]
+    fn a_writer_that_never_recovers_stalls_until_the_end() {
+        let acks = "ack 1 1.0\nerr 2 2.0 5\nerr 3 2.3 5\ndone 60.0\n";
+        let m = measure(acks, "1\n").unwrap();
+        assert!((m.stall_s - 59.0).abs() < 1e-9, "{}", m.stall_s);
+        assert_eq!(m.io_errors, 2);
+    }
+
+    #[test]
+    fn a_clean_run_has_nothing_lost() {
+        let m = measure("ack 1 1.0\nack 2 1.5\ndone 1.6\n", "1\n2\n").unwrap();
+        assert_eq!((m.lost, m.io_errors), (0, 0));
+        assert!((m.stall_s - 0.5).abs() < 1e-9);
+        assert!(
+            measure("ack 1 x\n", "").is_err(),
+            "a garbled time is an error"
+        );
+    }
+}
