@@ -171,7 +171,16 @@ fn disk_of(disk: Option<&DiskState>) -> Disk {
 
 impl Stack for SystemStack {
     async fn observe(&self) -> StackObservation {
-        let drbd = match self.drbd.status().await {
+        // The probes are independent; two of them spawn tools (drbdsetup, exportfs), so
+        // running them together shortens every observation, hence every takeover step.
+        let (drbd_status, mounted, threads, exported, vip) = tokio::join!(
+            self.drbd.status(),
+            self.mount.is_mounted(),
+            self.nfsd.threads(),
+            self.nfsd.is_exported(),
+            self.vip.is_present(),
+        );
+        let drbd = match drbd_status {
             Ok(status) if status.resource_up => {
                 let connected = matches!(status.connection, Some(ConnectionState::Connected));
                 Some(DrbdView {
@@ -197,12 +206,12 @@ impl Stack for SystemStack {
                 None
             }
         };
-        let mounted = self.mount.is_mounted().await.unwrap_or(false);
+        let mounted = mounted.unwrap_or(false);
         let stack = StackView {
             mounted,
-            nfsd: self.nfsd.threads().await.is_ok_and(|t| t > 0),
-            exported: self.nfsd.is_exported().await.unwrap_or(false),
-            vip: self.vip.is_present().await.unwrap_or(false),
+            nfsd: threads.is_ok_and(|t| t > 0),
+            exported: exported.unwrap_or(false),
+            vip: vip.unwrap_or(false),
         };
         // Mounted is what mountinfo says (teardown must unmount it either way); whether
         // it still takes writes is a health question, asked with a short deadline so a
@@ -249,8 +258,13 @@ impl Stack for SystemStack {
                 for daemon in daemons.drain(..) {
                     let _ = daemon.stop().await;
                 }
-                daemons.push(self.nfsd.start_cld().await.map_err(|x| e(&x))?);
-                daemons.push(self.nfsd.start_mountd().await.map_err(|x| e(&x))?);
+                // Started together: each start waits a moment to see the daemon stay up,
+                // and those waits need not add up. Both are up before rpc.nfsd starts
+                // (nfsd looks for nfsdcld once, at start). A daemon started next to a
+                // failed one is dropped, which kills it.
+                let (cld, mountd) = tokio::join!(self.nfsd.start_cld(), self.nfsd.start_mountd());
+                daemons.push(cld.map_err(|x| e(&x))?);
+                daemons.push(mountd.map_err(|x| e(&x))?);
                 drop(daemons);
                 self.nfsd.write_times().await.map_err(|x| e(&x))?;
                 self.nfsd.start().await.map_err(|x| e(&x))
