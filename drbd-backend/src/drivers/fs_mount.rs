@@ -263,6 +263,21 @@ impl FsMount {
 // Write probe
 // ---------------------------------------------------------------------------------------
 
+impl FsError {
+    /// Whether a failed write probe reports a filesystem that stays broken: the kernel
+    /// answered EIO, EROFS or EUCLEAN (XFS after a forced shutdown or corruption), as
+    /// opposed to a slow or stuck device that may still recover.
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            FsError::ProbeFailed { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc_errno) if [nix::libc::EIO, nix::libc::EROFS, nix::libc::EUCLEAN].contains(&libc_errno)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Decrements [`PROBES_IN_FLIGHT`] when the probe thread finally ends.
 struct InFlight;
 
@@ -331,6 +346,23 @@ fn write_probe_file(path: &Path) -> Result<(), (&'static str, std::io::Error)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eio_and_erofs_are_lasting_a_timeout_is_not() {
+        let failed = |errno| FsError::ProbeFailed {
+            path: "/export/.hanfs-health".into(),
+            step: "write",
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert!(failed(nix::libc::EIO).is_lasting());
+        assert!(failed(nix::libc::EROFS).is_lasting());
+        assert!(!failed(nix::libc::ENOSPC).is_lasting());
+        let stuck = FsError::ProbesStuck {
+            path: "/export/.hanfs-health".into(),
+            in_flight: 4,
+        };
+        assert!(!stuck.is_lasting());
+    }
 
     #[test]
     fn normalize_is_lexical() {

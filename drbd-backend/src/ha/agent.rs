@@ -29,7 +29,23 @@ pub struct StackObservation {
     pub stack: StackView,
     /// Something is wrong with a running piece that its flags cannot say (the
     /// filesystem is mounted but takes no writes): counted as a stack failure.
-    pub unhealthy: Option<String>,
+    pub unhealthy: Option<Unhealthy>,
+}
+
+/// A health problem of the running stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    pub problem: String,
+    /// It will not go away by itself (the filesystem answers writes with EIO/EROFS: a
+    /// shut-down XFS stays so until unmounted), so the node hands over at once instead
+    /// of waiting for a second failure while clients get errors.
+    pub lasting: bool,
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.problem)
+    }
 }
 
 impl StackObservation {
@@ -145,6 +161,8 @@ pub struct AgentStatus {
     /// When the stack lane stored `observation` (monotonic ms).
     pub observed_at: Millis,
     pub health_failures: u32,
+    /// Since when the active stack has been fully up and healthy (monotonic ms).
+    pub healthy_since: Option<Millis>,
     pub request: Request,
     pub last_decision: Decision,
     pub lease_error: Option<String>,
@@ -408,7 +426,11 @@ async fn stack_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentH
                 && !status.stack_busy
                 && let Some(problem) = &observation.unhealthy
             {
-                status.health_failures += 1;
+                status.health_failures += if problem.lasting {
+                    config.ha.health_failures_to_step_down
+                } else {
+                    1
+                };
                 tracing::warn!(failures = status.health_failures, %problem, "the active stack is unhealthy");
             }
             if holding && regressed && !status.stack_busy {
@@ -429,6 +451,26 @@ async fn stack_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentH
                 .is_some_and(|v| v.record.holder.as_deref() == Some(config.ha.node.as_str()));
             if is_down && !holder {
                 status.health_failures = 0;
+            }
+            // Failures are counted against a window: one nfsd hiccup an hour ago and
+            // another now are two restarts, not a reason to hand over.
+            let now = monotonic_ms();
+            let all_up = observation.stack.mounted
+                && observation.stack.nfsd
+                && observation.stack.exported
+                && observation.stack.vip;
+            if holding && all_up && !regressed && observation.unhealthy.is_none() {
+                let since = *status.healthy_since.get_or_insert(now);
+                if status.health_failures > 0 && now.saturating_sub(since) >= HEALTH_FORGET_MS {
+                    tracing::info!(
+                        forgotten = status.health_failures,
+                        "stack healthy for {} s: earlier failures forgotten",
+                        HEALTH_FORGET_MS / 1000
+                    );
+                    status.health_failures = 0;
+                }
+            } else {
+                status.healthy_since = None;
             }
         }
         {
@@ -520,6 +562,10 @@ async fn stack_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentH
     }
 }
 
+/// How long the active stack must stay healthy before earlier failures stop counting
+/// towards a hand-over.
+const HEALTH_FORGET_MS: Millis = 30_000;
+
 /// Consecutive failed bring-up steps that count as one stack failure.
 const FAILED_STEPS_PER_HEALTH_FAILURE: u32 = 5;
 
@@ -540,7 +586,10 @@ mod tests {
                 io_frozen: false,
             }),
             stack: StackView::default(),
-            unhealthy: Some("old news".into()),
+            unhealthy: Some(Unhealthy {
+                problem: "old news".into(),
+                lasting: false,
+            }),
         }
     }
 

@@ -6,7 +6,7 @@
 //! Proven for real in the VM cluster (DRBD and nfsd are not in this host's kernel);
 //! the agent loop above it is tested against a real kube-apiserver with a double.
 
-use super::agent::{Stack, StackObservation};
+use super::agent::{Stack, StackObservation, Unhealthy};
 use super::decide::{Disk, DrbdView, Role, StackAction, StackView};
 use crate::api::StoreSlot;
 use crate::drivers::drbd::{self, ConnectionState, DiskState, Drbd};
@@ -225,7 +225,10 @@ impl Stack for SystemStack {
             crate::drivers::fs_mount::probe_writable(&self.mount.mountpoint, PROBE_TIMEOUT)
                 .await
                 .err()
-                .map(|e| format!("the replicated filesystem does not take writes: {e}"))
+                .map(|e| Unhealthy {
+                    lasting: e.is_lasting(),
+                    problem: format!("the replicated filesystem does not take writes: {e}"),
+                })
         } else {
             None
         };
@@ -294,6 +297,13 @@ impl Stack for SystemStack {
             }
             StackAction::Unmount => {
                 self.store_slot.set(None);
+                // nfsd's helpers keep files open on the filesystem (nfsdcld its
+                // database). A teardown skips StopNfsd when nfsd's threads are already
+                // gone (nfsd killed); without this the unmount would only be lazy and
+                // DRBD would refuse to demote a device held open.
+                for daemon in self.daemons.lock().await.drain(..) {
+                    daemon.stop().await.map_err(|x| e(&x))?;
+                }
                 self.mount.unmount().await.map(|_| ()).map_err(|x| e(&x))
             }
             StackAction::Demote => self.drbd.demote().await.map_err(|x| e(&x)),

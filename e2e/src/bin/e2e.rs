@@ -5,6 +5,7 @@
 //!   hanfs-e2e matrix   all of that, then every failover scenario (hard kill 5×,
 //!                      each other scenario with and without a lock, switchover 5×) and
 //!                      the stock setup's hard kill for comparison
+//!   hanfs-e2e stock    only the stock setup's hard kills (with and without a lock)
 //!
 //! Options: `--only a,b` runs only those scenarios (matrix), `--skip-sanity`,
 //! `--skip-stock`, `--hard-kills N`, `--switchovers N`.
@@ -17,6 +18,8 @@ use hanfs_e2e::writer::Trial;
 use hanfs_e2e::{Clock, Error, report, sanity, stock, volume_checks};
 
 struct Plan {
+    /// Boot the hanfs installation at all.
+    hanfs: bool,
     sanity: bool,
     checks: bool,
     /// (scenario, lock) in order.
@@ -41,7 +44,12 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
     };
     let mut trials = Vec::new();
     let mut stock = Vec::new();
+    let mut hanfs = true;
     match mode {
+        "stock" => {
+            hanfs = false;
+            stock = vec![true, false];
+        }
         "ci" => {
             trials.push(("hard-kill".to_owned(), true));
             trials.push(("switchover".to_owned(), false));
@@ -67,9 +75,10 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                 stock = vec![true, false];
             }
         }
-        _ => return Err("usage: hanfs-e2e ci|matrix [--only a,b] [--skip-sanity] [--skip-stock] [--hard-kills N] [--switchovers N]".into()),
+        _ => return Err("usage: hanfs-e2e ci|matrix|stock [--only a,b] [--skip-sanity] [--skip-stock] [--hard-kills N] [--switchovers N]".into()),
     }
     Ok(Plan {
+        hanfs,
         sanity: !flag("--skip-sanity"),
         checks: !flag("--skip-checks"),
         trials,
@@ -163,7 +172,9 @@ fn main() {
     let clock = Clock::start();
     let mut outcome = Outcome::default();
     let mut errors = Vec::new();
-    if let Err(e) = run_hanfs(clock, &plan, &mut outcome) {
+    if plan.hanfs
+        && let Err(e) = run_hanfs(clock, &plan, &mut outcome)
+    {
         errors.push(format!("hanfs: {e}"));
     }
     if !plan.stock.is_empty() {
