@@ -4,7 +4,8 @@
 //! volume, fsyncs each one and logs every acknowledgement with its monotonic time, or
 //! the errno of a failed write. Optionally it holds a POSIX (fcntl) lock for the whole
 //! run. After the run the host compares the acknowledged records with the file's
-//! content (an acknowledged record missing = lost), takes the longest gap between two
+//! content as the server has it (client caches dropped first; an acknowledged record
+//! missing = lost), takes the longest gap between two
 //! acknowledgements as the client-observed stall, counts the client kernel's
 //! "lost N locks" messages, and checks that the published path still works without a
 //! remount (no stale file handle).
@@ -127,7 +128,12 @@ pub fn run_trial(
         std::thread::sleep(Duration::from_secs(1));
     }
     let acks = client.run("cat /root/acks.log", SHORT)?;
-    let written = client.run(&format!("cat {file}"), LONG)?;
+    // Read back what the *server* has: without dropping the client's page cache, cat
+    // would show the writer's own cached pages even if the server never got them.
+    let written = client.run(
+        &format!("sync; echo 3 >/proc/sys/vm/drop_caches; cat {file}"),
+        LONG,
+    )?;
     let locks_lost = client
         .run("dmesg | grep -c 'lost .* lock' || true", SHORT)?
         .trim()

@@ -21,10 +21,12 @@ bring_up() {
     mount /dev/drbd0 /export || log "mount failed"
     mountpoint -q /run/rpc_pipefs || mount -t rpc_pipefs sunrpc /run/rpc_pipefs
     mountpoint -q /proc/fs/nfsd || mount -t nfsd nfsd /proc/fs/nfsd
+    # Debian's nfs-server unit needs rpcbind (NFSv3 is on by default).
+    pgrep -x rpcbind >/dev/null || rpcbind
     setsid -f nfsdcld -p /run/rpc_pipefs >/dev/null 2>&1
     setsid -f rpc.mountd >/dev/null 2>&1
     exportfs -o rw,sync,no_subtree_check,insecure '*:/export'
-    rpc.nfsd 8
+    rpc.nfsd 8 || log "rpc.nfsd failed"
     ip addr add "$vip/24" dev eth0
     arping -q -U -c 3 -I eth0 "$vip" &
     log "serving $vip"
