@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Bound on a returning node's resync (a full 512 MiB resync takes ~20 s here).
 const RESYNC_LIMIT: Duration = Duration::from_secs(300);
 
+/// The agents' nfsd grace period (`nfsd.grace_secs` in the agent config) plus a margin.
+const GRACE: Duration = Duration::from_secs(11);
+
 /// The scenarios, by the names the command line takes.
 pub const ALL: &[&str] = &[
     "hard-kill",
@@ -59,6 +62,9 @@ impl<'a> Runner<'a> {
     /// Runs scenario `name` once, with or without the writer holding a lock.
     pub fn run(&mut self, name: &str, lock: bool) -> Result<Trial, Error> {
         let (active, _) = self.hc.wait_active(None, LONG)?;
+        // After a takeover nfsd is in its grace period (10 s) and holds back new opens
+        // and locks; the writer must be writing when the fault comes.
+        std::thread::sleep(GRACE);
         let writer = |seconds| Writer {
             lock,
             seconds,

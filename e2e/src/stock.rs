@@ -80,10 +80,26 @@ fn run(
         options.trim()
     ));
 
+    // A freshly started nfsd refuses new opens and locks for its grace period (stock:
+    // 90 s); a writer started inside it would wait for its lock instead of writing.
+    let grace_s: u64 = cluster
+        .vm(storage[0])
+        .run("cat /proc/fs/nfsd/nfsv4gracetime", SHORT)?
+        .trim()
+        .parse()?;
+    let mut serving_since = Instant::now();
     let mut results = Vec::new();
     let mut master = 0;
     for (i, &lock) in locks.iter().enumerate() {
         let backup = 1 - master;
+        let out_of_grace = Duration::from_secs(grace_s + 5);
+        if let Some(left) = out_of_grace.checked_sub(serving_since.elapsed()) {
+            clock.log(&format!(
+                "stock: waiting {:.0} s for the server's {grace_s} s grace period to end",
+                left.as_secs_f64()
+            ));
+            std::thread::sleep(left);
+        }
         let mut trial = run_trial(
             clock,
             client,
@@ -101,6 +117,7 @@ fn run(
             },
         )?;
         wait_serving(cluster, storage[backup], LONG)?;
+        serving_since = Instant::now();
         trial
             .notes
             .push(format!("{} → {}", storage[master], storage[backup]));
