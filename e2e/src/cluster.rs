@@ -101,6 +101,26 @@ pub fn drbd_up(vm: &Vm, resource_file: &str, create_md: bool) -> Result<(), Erro
     Ok(())
 }
 
+/// Maps the data disk through device-mapper (`/dev/mapper/hanfs-data`, linear over
+/// `/dev/vdb`) so [`fail_data_disk`] can make it fail under DRBD. Idempotent. The guests
+/// run no udev: dmsetup makes the device node itself.
+pub fn map_data_disk(vm: &Vm) -> Result<(), Error> {
+    vm.run(
+        r#"export DM_DISABLE_UDEV=1; modprobe dm-mod; [ -e /dev/mapper/hanfs-data ] || dmsetup create hanfs-data --table "0 $(blockdev --getsz /dev/vdb) linear /dev/vdb 0""#,
+        SHORT,
+    )?;
+    Ok(())
+}
+
+/// Every I/O on the data disk fails from now on (the "error" target), as on a dead disk.
+pub fn fail_data_disk(vm: &Vm) -> Result<(), Error> {
+    vm.run(
+        r#"export DM_DISABLE_UDEV=1; size=$(blockdev --getsz /dev/mapper/hanfs-data) && dmsetup suspend --noflush hanfs-data && dmsetup load hanfs-data --table "0 $size error" && dmsetup resume hanfs-data"#,
+        SHORT,
+    )?;
+    Ok(())
+}
+
 /// Declares the two blank disks in sync (no initial full resync) and makes the
 /// filesystem once: provisioning, before any agent runs.
 pub fn provision_filesystem(vm: &Vm) -> Result<(), Error> {
@@ -204,6 +224,7 @@ impl HanfsCluster {
         }
         crate::writer::install(self.client())?;
         for name in STORAGE {
+            map_data_disk(self.vm(name))?;
             drbd_up(self.vm(name), "r0.res", true)?;
         }
         provision_filesystem(self.vm("storage-a"))?;
@@ -404,6 +425,7 @@ impl HanfsCluster {
             vm.kill()?;
         }
         vm.restart()?;
+        map_data_disk(vm)?;
         drbd_up(vm, "r0.res", false)?;
         start_agent(vm)?;
         Ok(())

@@ -6,7 +6,9 @@
 //! and reported in the row's notes; a broken expectation fails the trial.
 
 use crate::Error;
-use crate::cluster::{HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter};
+use crate::cluster::{
+    HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter, fail_data_disk,
+};
 use crate::writer::{Trial, Writer, run_trial};
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ pub const ALL: &[&str] = &[
     "hard-kill",
     "nfsd-killed",
     "fs-broken",
+    "disk-failed",
     "link-cut",
     "api-cut",
     "switchover",
@@ -84,6 +87,7 @@ impl<'a> Runner<'a> {
                     .run("xfs_io -x -c shutdown /export", SHORT)?;
                 Ok(())
             })?,
+            "disk-failed" => self.disk_failed(&active, writer(40))?,
             "link-cut" => self.link_cut(&active, writer(30))?,
             "api-cut" => self.api_cut(&active, writer(40))?,
             "switchover" => self.trial(name, writer(25), || {
@@ -132,6 +136,23 @@ impl<'a> Runner<'a> {
         })?;
         let (survivor, _) = self.hc.wait_active(Some(active), LONG)?;
         trial.notes.push(format!("{survivor} took over"));
+        self.hc.restart_storage(active)?;
+        Ok(trial)
+    }
+
+    /// The active's disk dies under DRBD (every I/O fails): DRBD detaches it and serves
+    /// from the peer's disk, the agent sees a Diskless Primary and hands over to the
+    /// node that still has the data. The failed node comes back with a working disk
+    /// (a restart) and resyncs.
+    fn disk_failed(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
+        let mut trial = self.trial("disk-failed", writer, || {
+            fail_data_disk(self.hc.vm(active))?;
+            Ok(())
+        })?;
+        let (now, _) = self.hc.wait_active(Some(active), LONG)?;
+        trial
+            .notes
+            .push(format!("{now} took over from the diskless {active}"));
         self.hc.restart_storage(active)?;
         Ok(trial)
     }
