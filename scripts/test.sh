@@ -32,34 +32,39 @@ if [ "$cargo_rc" -ne 0 ]; then
     exit 1
 fi
 
+# Runs one suite whose output ends with "<label>: N passed, M failed", adds its counts to
+# the totals, and stops the whole run (printing the totals so far) if it failed.
+total_passed=$cargo_passed
+total_failed=$cargo_failed
+run_suite() {
+    local label=$1
+    shift
+    set +e
+    "$@" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    local line passed failed
+    line=$(grep -E "^$label: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1)
+    passed=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
+    failed=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
+    total_passed=$((total_passed + ${passed:-0}))
+    total_failed=$((total_failed + ${failed:-1}))
+    if [ "$rc" -ne 0 ] || [ -z "$line" ]; then
+        echo "$label failed (exit $rc)"
+        echo "all: $total_passed passed, $total_failed failed"
+        exit 1
+    fi
+    suite_passed=$passed
+}
+
 echo "== csi-sanity against local mode"
-set +e
-csi-sanity/run.sh target/debug 2>&1 | tee "$log"
-sanity_rc=${PIPESTATUS[0]}
-set -e
-sanity_line=$(grep -E "^csi-sanity: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1)
-sanity_passed=$(echo "$sanity_line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
-sanity_failed=$(echo "$sanity_line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-if [ "$sanity_rc" -ne 0 ] || [ -z "$sanity_line" ]; then
-    echo "csi-sanity failed (exit $sanity_rc)"
-    echo "all: $cargo_passed passed, $((cargo_failed + ${sanity_failed:-1})) failed"
-    exit 1
-fi
+run_suite csi-sanity csi-sanity/run.sh target/debug
+sanity_passed=$suite_passed
 
 echo "== VM cluster end to end (CI subset: e2e/run.sh ci)"
-set +e
-e2e/run.sh ci 2>&1 | tee "$log"
-e2e_rc=${PIPESTATUS[0]}
-set -e
-e2e_line=$(grep -E "^e2e: [0-9]+ passed, [0-9]+ failed" "$log" | tail -1)
-e2e_passed=$(echo "$e2e_line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')
-e2e_failed=$(echo "$e2e_line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-if [ "$e2e_rc" -ne 0 ] || [ -z "$e2e_line" ]; then
-    echo "e2e failed (exit $e2e_rc)"
-    echo "all: $((cargo_passed + sanity_passed + ${e2e_passed:-0})) passed, $((cargo_failed + sanity_failed + ${e2e_failed:-1})) failed"
-    exit 1
-fi
+run_suite e2e e2e/run.sh ci
+e2e_passed=$suite_passed
 
 echo "== summary"
 echo "cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers): $e2e_passed passed (no spec skipped by our flags)"
-echo "all: $((cargo_passed + sanity_passed + e2e_passed)) passed, $((cargo_failed + sanity_failed + e2e_failed)) failed"
+echo "all: $total_passed passed, $total_failed failed"
