@@ -219,14 +219,11 @@ pub fn measure(acks: &str, written: &str, fault_at: f64) -> Result<Measured, Err
     if let (Some((_, last)), Some(end)) = (acked.last(), done) {
         gaps.push((*last, end));
     }
-    let longest = |gaps: &mut dyn Iterator<Item = &(f64, f64)>| {
-        gaps.map(|(from, to)| to - from).fold(0.0, f64::max)
-    };
-    let longest_gap_s = longest(&mut gaps.iter());
+    let longest_gap_s = longest(gaps.iter());
     // The fault's gap is the longest one that ends after the fault was injected (the
     // fault's exact instant is a little later than `fault_at`, so "the gap that starts
     // before it" could pick one of the last acknowledgements before the kill landed).
-    let stall_s = longest(&mut gaps.iter().filter(|(_, to)| *to > fault_at));
+    let stall_s = longest(gaps.iter().filter(|(_, to)| *to > fault_at));
     Ok(Measured {
         stall_s,
         longest_gap_s,
@@ -234,6 +231,11 @@ pub fn measure(acks: &str, written: &str, fault_at: f64) -> Result<Measured, Err
         lost,
         io_errors,
     })
+}
+
+/// The longest of some (from, to) gaps; 0 for none.
+fn longest<'a>(gaps: impl Iterator<Item = &'a (f64, f64)>) -> f64 {
+    gaps.map(|(from, to)| to - from).fold(0.0, f64::max)
 }
 
 #[cfg(test)]
