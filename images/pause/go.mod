@@ -1,0 +1,3 @@
+module hanfs.local/pause
+
+go 1.26
