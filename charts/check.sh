@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# Checks of the hanfs Helm chart (charts/hanfs):
+#   1. helm lint --strict, for the minimal values and for ci/full-values.yaml;
+#   2. helm template for both, with assertions on what is rendered (and what is not);
+#   3. values.schema.json and the templates' own checks refuse bad values (negative cases);
+#   4. the rendered objects CREATED on a real kube-apiserver v1.37.2 + etcd (not dry-run),
+#      started in a private network namespace, with RBAC authorization: snapshot CRDs
+#      first, then `helm install` (minimal, then full), objects read back, RBAC rules
+#      asked through SubjectAccessReviews, the `helm test` hooks created, `helm uninstall`.
+# Prints one line per check and, last, "chart: N passed, M failed"; exit 1 if any failed.
+#
+# Usage: charts/check.sh           (as root: network namespaces)
+# Env:   HELM (a helm binary; default: e2e/kube/build-helm.sh builds v3.22.0 once),
+#        KUBE_BIN_DIR (default: e2e/kube/build.sh), SKIP_APISERVER=1 (only steps 1-3).
+set -euo pipefail
+# Sorted listings below compare byte-wise, whatever the caller's locale.
+export LC_ALL=C
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+chart=$here/hanfs
+full=$chart/ci/full-values.yaml
+# The one value the chart cannot default: where the storage servers' volume API is.
+minimal=(--set backend.address=10.0.0.100:9820)
+SNAPSHOTTER_VERSION=${SNAPSHOTTER_VERSION:-v8.7.0}
+
+log() { echo "check.sh: $*" >&2; }
+t0=$(date +%s.%N)
+elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+
+work=$(mktemp -d /tmp/hanfs-chart-check.XXXXXX)
+netns_id=$$-chart
+api_pid=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "$api_pid" ] && kill -0 "$api_pid" 2>/dev/null; then
+        # start.sh stops kube-apiserver, then etcd, on SIGTERM (bounded inside).
+        kill -TERM "$api_pid" 2>/dev/null || true
+        wait "$api_pid" 2>/dev/null || true
+    fi
+    if [ -n "$api_pid" ]; then
+        "$repo/e2e/netns/netns.sh" down "$netns_id" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); echo "ok    $1"; }
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL  $1"
+    [ $# -lt 2 ] || printf '%s\n' "$2" | tail -n 15 | sed 's/^/      /'
+}
+# expect <name> <actual> <wanted>
+expect() { if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got: $2"$'\n'"want: $3"; fi; }
+
+if [ -n "${HELM:-}" ]; then
+    helm_bin=$HELM
+else
+    helm_bin=$("$repo/e2e/kube/build-helm.sh" | tail -n 1)/helm
+fi
+[ -x "$helm_bin" ] || { log "no helm at $helm_bin"; exit 1; }
+# helm keeps repositories, caches and plugins under these; nothing of the user's is read.
+export HELM_CACHE_HOME=$work/helm/cache HELM_CONFIG_HOME=$work/helm/config HELM_DATA_HOME=$work/helm/data
+helm() { "$helm_bin" "$@"; }
+log "$("$helm_bin" version --short)"
+
+# py <expression over o> < json: prints the value as JSON (strings unquoted), or an
+# "ERROR: ..." line that no expectation matches; never fails (set -e stays out of it).
+py() {
+    python3 -c '
+import json, sys
+try:
+    o = json.load(sys.stdin)
+    v = eval(sys.argv[1], {"o": o, "json": json})
+    print(v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+except Exception as e:
+    print(f"ERROR: {type(e).__name__}: {e}")' "$1"
+}
+# docs <kind> [name] < rendered yaml: the documents of that kind, as one JSON list.
+docs() {
+    python3 -c '
+import json, sys
+try:
+    import yaml
+except ImportError:
+    sys.exit("python3-yaml is needed to read rendered manifests")
+out = [d for d in yaml.safe_load_all(sys.stdin) if d and d.get("kind") == sys.argv[1]
+       and (len(sys.argv) < 3 or d["metadata"]["name"] == sys.argv[2])]
+print(json.dumps(out))' "$@"
+}
+
+# ---------------------------------------------------------------- 1. lint
+if out=$(helm lint --strict "$chart" "${minimal[@]}" 2>&1); then pass "helm lint --strict (minimal values)"; else fail "helm lint --strict (minimal values)" "$out"; fi
+if out=$(helm lint --strict "$chart" -f "$full" 2>&1); then pass "helm lint --strict (ci/full-values.yaml)"; else fail "helm lint --strict (ci/full-values.yaml)" "$out"; fi
+
+# ---------------------------------------------------------------- 2. template
+min_yaml=$work/minimal.yaml
+full_yaml=$work/full.yaml
+if helm template hanfs "$chart" -n storage "${minimal[@]}" >"$min_yaml" 2>"$work/err"; then
+    pass "helm template (minimal values): $(grep -c '^kind:' "$min_yaml") objects"
+else
+    fail "helm template (minimal values)" "$(cat "$work/err")"
+fi
+if helm template hanfs "$chart" -n storage -f "$full" >"$full_yaml" 2>"$work/err"; then
+    pass "helm template (full values): $(grep -c '^kind:' "$full_yaml") objects"
+else
+    fail "helm template (full values)" "$(cat "$work/err")"
+fi
+
+kinds() { grep '^kind:' "$1" | awk '{print $2}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
+expect "minimal: objects rendered" "$(kinds "$min_yaml")" \
+    "CSIDriver=1 ClusterRole=3 ClusterRoleBinding=3 DaemonSet=1 Deployment=1 PersistentVolumeClaim=1 Pod=1 Role=2 RoleBinding=2 Secret=2 ServiceAccount=3 StorageClass=1 VolumeAttributesClass=1 "
+expect "full: objects rendered" "$(kinds "$full_yaml")" \
+    "CSIDriver=1 ClusterRole=4 ClusterRoleBinding=4 ConfigMap=1 DaemonSet=2 Deployment=1 PersistentVolumeClaim=1 Pod=1 Role=2 RoleBinding=2 ServiceAccount=3 StorageClass=2 VolumeAttributesClass=2 VolumeSnapshotClass=1 "
+
+containers() { docs "$2" "$3" <"$1" | py '[c["name"] for c in o[0]["spec"]["template"]["spec"]["containers"]]'; }
+args_of() { docs "$2" "$3" <"$1" | py "[c for c in o[0]['spec']['template']['spec']['containers'] if c['name'] == '$4'][0]['args']"; }
+expect "minimal: controller containers (no attacher)" "$(containers "$min_yaml" Deployment hanfs-controller)" \
+    '["hanfs-controller", "csi-provisioner", "csi-resizer", "csi-snapshotter"]'
+expect "full: controller containers (attacher on)" "$(containers "$full_yaml" Deployment hanfs-controller)" \
+    '["hanfs-controller", "csi-provisioner", "csi-resizer", "csi-snapshotter", "csi-attacher"]'
+expect "minimal: node containers (self-registration)" "$(containers "$min_yaml" DaemonSet hanfs-node)" '["hanfs-node"]'
+expect "full: node containers (registrar sidecar on)" "$(containers "$full_yaml" DaemonSet hanfs-node)" '["hanfs-node", "node-driver-registrar"]'
+a=$(args_of "$min_yaml" DaemonSet hanfs-node hanfs-node)
+case $a in
+*'"--registration-dir=/var/lib/kubelet/plugins_registry"'*'"--kubelet-csi-endpoint=/var/lib/kubelet/plugins/hanfs.csi.io/csi.sock"'*) pass "minimal: hanfs-node registers itself in /var/lib/kubelet/plugins_registry" ;;
+*) fail "minimal: hanfs-node registers itself" "$a" ;;
+esac
+a=$(args_of "$full_yaml" DaemonSet hanfs-node hanfs-node)
+case $a in
+*registration-dir*) fail "full: no self-registration beside the registrar sidecar" "$a" ;;
+*'"--allowed-target-root=/var/lib/k0s/kubelet"'*) pass "full: kubeletDir (trailing / dropped) is the allowed target root, no self-registration" ;;
+*) fail "full: kubeletDir is the allowed target root" "$a" ;;
+esac
+a=$(args_of "$min_yaml" Deployment hanfs-controller hanfs-controller)
+# shellcheck disable=SC2016 # $(POD_IP) is literal: kubelet expands it.
+case $a in
+*'"--backend=tcp://10.0.0.100:9820"'*'"--nfs-server=10.0.0.100"'*'"--health-listen=tcp://$(POD_IP):29752"'*) pass "minimal: controller backend, NFS server derived from it, health listener" ;;
+*) fail "minimal: controller args" "$a" ;;
+esac
+a=$(args_of "$full_yaml" Deployment hanfs-controller hanfs-controller)
+case $a in
+*'"--backend=tcp://192.0.2.100:9820"'*'"--nfs-server=nfs.storage.example.com"'*) pass "full: backend address from agent.vip, nfsServer as given" ;;
+*) fail "full: controller args" "$a" ;;
+esac
+a=$(args_of "$min_yaml" Deployment hanfs-controller csi-provisioner)
+case $a in
+*'"--leader-election"'*'"--extra-create-metadata"'*) pass "provisioner: leader election and --extra-create-metadata" ;;
+*) fail "provisioner args" "$a" ;;
+esac
+expect "full: image references" "$(docs Deployment <"$full_yaml" | py '[c["image"] for c in o[0]["spec"]["template"]["spec"]["containers"]]')" \
+    '["registry.example.com/hanfs/hanfs-controller:0.1.0", "registry.example.com/hanfs/csi-provisioner:v6.4.0", "registry.example.com/hanfs/csi-resizer:v1.14.0", "registry.example.com/hanfs/csi-snapshotter:v8.7.0", "registry.example.com/hanfs/csi-attacher:v4.13.0"]'
+expect "minimal: default images" "$(docs DaemonSet <"$min_yaml" | py 'o[0]["spec"]["template"]["spec"]["containers"][0]["image"]')" "hanfs.local/hanfs-node:0.1.0"
+# The agent's two config files: valid JSON, each naming itself and its peer.
+agent_files=$(docs ConfigMap <"$full_yaml" | py '
+[(k, json.loads(v)["node"], json.loads(v)["peer"], json.loads(v)["volume_api"]["token_file"], json.loads(v).get("metrics_listen")) for k, v in sorted(o[0]["data"].items())]' 2>&1 || true)
+expect "full: agent.json per storage node, node/peer swapped" "$agent_files" \
+    '[["agent-storage-a.json", "storage-a", "storage-b", "/etc/hanfs/token/token", "0.0.0.0:9821"], ["agent-storage-b.json", "storage-b", "storage-a", "/etc/hanfs/token/token", "0.0.0.0:9821"]]'
+expect "full: token Secret not rendered (existingSecret)" "$(docs Secret <"$full_yaml" | py '[s["type"] for s in o]')" '[]'
+expect "minimal: a generated 48-character token" "$(docs Secret <"$min_yaml" | py '[len(__import__("base64").b64decode(s["data"]["token"])) for s in o if s["type"] == "Opaque"]')" '[48]'
+hooks=$(docs Pod <"$min_yaml" | py 'o[0]["metadata"]["annotations"]')
+expect "helm test hook Pod annotations" "$hooks" '{"helm.sh/hook": "test", "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded", "helm.sh/hook-weight": "0"}'
+
+# ---------------------------------------------------------------- 3. refused values
+# refuse <name> <pattern the error must contain> <helm template args...>
+refuse() {
+    local name=$1 want=$2 out
+    shift 2
+    if out=$(helm template hanfs "$chart" "$@" 2>&1); then
+        fail "refused: $name" "rendered without error"
+    elif grep -qiF -- "$want" <<<"$out"; then
+        pass "refused: $name"
+    else
+        fail "refused: $name (error does not say '$want')" "$out"
+    fi
+}
+refuse "no backend.address (the defaults alone)" "backend.address is required"
+bad=$work/bad-values.yaml
+cat >"$bad" <<'EOF'
+controler:
+  replicas: 2
+EOF
+refuse "unknown key (typo controler)" "controler" "${minimal[@]}" -f "$bad"
+refuse "onDelete enum" "onDelete" "${minimal[@]}" --set 'storageClasses[0].name=x' --set 'storageClasses[0].parameters.onDelete=destroy'
+refuse "unknown StorageClass parameter" "nfsvers" "${minimal[@]}" --set 'storageClasses[0].name=x' --set 'storageClasses[0].parameters.nfsvers=3'
+refuse "replicas type" "replicas" "${minimal[@]}" --set-string controller.replicas=two
+refuse "clusterId pattern" "clusterId" "${minimal[@]}" --set clusterId=bad/id
+refuse "agent on without nodes, VIP, scope" "/agent/nodes" "${minimal[@]}" --set agent.enabled=true
+refuse "agent with one node" "/agent/nodes" -f "$full" --set 'agent.nodes={storage-a}'
+refuse "lease shorter than 1500 ms" "durationMs" -f "$full" --set agent.lease.durationMs=1000
+
+if [ "${SKIP_APISERVER:-0}" = 1 ]; then
+    log "SKIP_APISERVER=1: no kube-apiserver checks"
+    echo "chart: $passed passed, $failed failed ($(elapsed) s)"
+    [ "$failed" = 0 ]
+    exit
+fi
+
+# ---------------------------------------------------------------- 4. a real kube-apiserver
+[ "$(id -u)" = 0 ] || { log "the apiserver checks need root (network namespaces); SKIP_APISERVER=1 skips them"; exit 1; }
+real_bin=${KUBE_BIN_DIR:-$("$repo/e2e/kube/build.sh" | tail -n 1)}
+# start.sh runs kube-apiserver with AlwaysAllow; RBAC authorization instead makes the
+# SubjectAccessReviews below answer by the chart's rules. A wrapper dir swaps the mode and
+# execs the real binary (same pid, so start.sh's supervision is unchanged).
+bin=$work/kube-bin
+mkdir -p "$bin"
+ln -s "$real_bin/etcd" "$bin/etcd"
+cat >"$bin/kube-apiserver" <<EOF
+#!/usr/bin/env bash
+args=()
+for a in "\$@"; do [ "\$a" = AlwaysAllow ] && a=RBAC; args+=("\$a"); done
+exec "$real_bin/kube-apiserver" "\${args[@]}"
+EOF
+chmod +x "$bin/kube-apiserver"
+
+topo=$("$repo/e2e/netns/netns.sh" up "$netns_id" 93 1)
+api_pid=starting
+core_ns=$(awk '$1 == "core" {print $2}' <<<"$topo")
+core_ip=$(awk '$1 == "core" {print $3}' <<<"$topo")
+member_ns=$(awk '$1 == "member" {print $3}' <<<"$topo")
+kw=$work/kube
+KUBE_BIN_DIR=$bin OWNER_PID=$$ "$repo/e2e/kube/start.sh" "$core_ns" "$core_ip" "$kw" >"$work/start.log" 2>&1 &
+api_pid=$!
+for ((i = 0; i < 240; i++)); do
+    [ -f "$kw/ready" ] && break
+    kill -0 "$api_pid" 2>/dev/null || break
+    sleep 0.5
+done
+if [ ! -f "$kw/ready" ]; then
+    fail "kube-apiserver started" "$(cat "$work/start.log")"
+    echo "chart: $passed passed, $failed failed ($(elapsed) s)"
+    exit 1
+fi
+pass "kube-apiserver $("$real_bin/kube-apiserver" --version | awk '{print $2}') ready in $(cat "$kw/ready") s (RBAC authorization)"
+kubeconfig=$kw/kubeconfig
+url=https://$core_ip:6443
+# api <method> <path> [body-file [content-type]]: the body on stdout, fails on HTTP >= 400.
+api() {
+    local method=$1 path=$2 body=${3:-} ctype=${4:-application/json}
+    local extra=()
+    [ -z "$body" ] || extra=(-H "Content-Type: $ctype" --data-binary "@$body")
+    ip netns exec "$member_ns" curl -sS --fail-with-body --max-time 20 --cacert "$kw/ca.crt" \
+        -H @"$kw/auth-header" -X "$method" "${extra[@]}" "$url$path"
+}
+hhelm() { ip netns exec "$member_ns" "$helm_bin" --kubeconfig "$kubeconfig" "$@"; }
+
+# The snapshot CRDs, from the Go module the sidecars are built from.
+crd_dir=$(GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json \
+    "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')/config/crd
+n=0
+for f in "$crd_dir"/snapshot.storage.k8s.io_*.yaml; do
+    if out=$(api POST /apis/apiextensions.k8s.io/v1/customresourcedefinitions "$f" application/yaml 2>&1); then
+        n=$((n + 1))
+    else
+        fail "snapshot CRD $(basename "$f") created" "$out"
+    fi
+done
+# Established = the new API group is served; the VolumeSnapshotClass needs it.
+for ((i = 0; i < 100; i++)); do
+    api GET /apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses >/dev/null 2>&1 && break
+    sleep 0.2
+done
+expect "snapshot CRDs of external-snapshotter client $SNAPSHOTTER_VERSION created and served" "$n" 3
+
+# get <path> <expr>
+get() {
+    local out
+    out=$(api GET "$1" 2>&1) || { echo "GET $1: $out"; return 0; }
+    py "$2" <<<"$out" 2>&1 || true
+}
+sar() { # sar <namespace> <serviceaccount> <verb> <group> <resource> [ns] [name] [subresource]
+    local body=$work/sar.json
+    python3 - "$@" >"$body" <<'EOF'
+import json, sys
+ns, sa, verb, group, resource = sys.argv[1:6]
+rest = sys.argv[6:] + ["", "", ""]
+attrs = {"verb": verb, "group": group, "resource": resource, "namespace": rest[0], "name": rest[1], "subresource": rest[2]}
+print(json.dumps({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+    "spec": {"user": f"system:serviceaccount:{ns}:{sa}",
+             "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+             "resourceAttributes": {k: v for k, v in attrs.items() if v}}}))
+EOF
+    api POST /apis/authorization.k8s.io/v1/subjectaccessreviews "$body" | py 'o["status"].get("allowed", False)'
+}
+# can <expected true|false> <description> <sar args...>
+can() {
+    local want=$1 what=$2
+    shift 2
+    expect "RBAC: $what" "$(sar "$@" 2>&1)" "$want"
+}
+
+# install <release> <namespace> <values args...>: helm install, waits for nothing (no
+# controllers run here: pods are never scheduled; the objects are what is checked).
+install() {
+    local rel=$1 ns=$2 out
+    shift 2
+    if out=$(hhelm install "$rel" "$chart" -n "$ns" --create-namespace "$@" 2>&1); then
+        pass "helm install $rel -n $ns $*"
+    else
+        fail "helm install $rel -n $ns $*" "$out"
+        return 1
+    fi
+}
+
+# --- minimal values
+ns=hanfs-min
+if install hanfs "$ns" "${minimal[@]}"; then
+    expect "CSIDriver fields" "$(get /apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io \
+        '[o["spec"][k] for k in ("attachRequired", "fsGroupPolicy", "podInfoOnMount", "requiresRepublish", "volumeLifecycleModes")]')" \
+        '[false, "File", false, false, ["Persistent"]]'
+    expect "StorageClass hanfs" "$(get /apis/storage.k8s.io/v1/storageclasses/hanfs \
+        '[o["provisioner"], o["parameters"], o["allowVolumeExpansion"], o["reclaimPolicy"], o["volumeBindingMode"]]')" \
+        '["hanfs.csi.io", {"onDelete": "delete"}, true, "Delete", "Immediate"]'
+    expect "VolumeAttributesClass hanfs-retain (storage.k8s.io/v1)" "$(get /apis/storage.k8s.io/v1/volumeattributesclasses/hanfs-retain \
+        '[o["driverName"], o["parameters"]]')" '["hanfs.csi.io", {"onDelete": "retain"}]'
+    expect "Deployment: replicas, hostNetwork, priority, gRPC liveness" "$(get "/apis/apps/v1/namespaces/$ns/deployments/hanfs-controller" \
+        '[o["spec"]["replicas"], o["spec"]["template"]["spec"]["hostNetwork"], o["spec"]["template"]["spec"]["priorityClassName"], o["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]]')" \
+        '[1, true, "system-cluster-critical", {"port": 29752, "service": ""}]'
+    expect "DaemonSet: hostNetwork, DNS, privileged, Bidirectional kubelet dir, NODE_ID" "$(get "/apis/apps/v1/namespaces/$ns/daemonsets/hanfs-node" \
+        '(lambda s, c: [s["hostNetwork"], s["dnsPolicy"], c["securityContext"]["privileged"], [(m["mountPath"], m["mountPropagation"]) for m in c["volumeMounts"]], c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], s["automountServiceAccountToken"]])(o["spec"]["template"]["spec"], o["spec"]["template"]["spec"]["containers"][0])')" \
+        '[true, "ClusterFirstWithHostNet", true, [["/var/lib/kubelet", "Bidirectional"]], "spec.nodeName", false]'
+    expect "ClusterRoles of the sidecars" "$(get /apis/rbac.authorization.k8s.io/v1/clusterroles \
+        'sorted(c["metadata"]["name"] for c in o["items"] if c["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == "hanfs")')" \
+        '["hanfs-provisioner", "hanfs-resizer", "hanfs-snapshotter"]'
+    expect "Secret with the generated token, 48 characters" "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" \
+        'len(__import__("base64").b64decode(o["data"]["token"]))')" 48
+    sa=hanfs-controller
+    can true "provisioner creates PVs" "$ns" "$sa" create "" persistentvolumes
+    can true "provisioner updates PVCs" "$ns" "$sa" update "" persistentvolumeclaims "$ns"
+    can true "resizer patches PVC status" "$ns" "$sa" patch "" persistentvolumeclaims "$ns" x status
+    can true "resizer reads VolumeAttributesClasses" "$ns" "$sa" watch storage.k8s.io volumeattributesclasses
+    can true "snapshotter updates content status" "$ns" "$sa" update snapshot.storage.k8s.io volumesnapshotcontents "" x status
+    can true "sidecar leader election in its namespace" "$ns" "$sa" update coordination.k8s.io leases "$ns"
+    can false "no leases outside its namespace" "$ns" "$sa" update coordination.k8s.io leases kube-system
+    can false "controller reads no secrets" "$ns" "$sa" get "" secrets "$ns"
+    can false "no VolumeAttachments without attachRequired" "$ns" "$sa" patch storage.k8s.io volumeattachments "" x status
+    can false "node plugin: no API access (nodes)" "$ns" hanfs-node get "" nodes
+    can true "agent: get its Lease" "$ns" hanfs-agent get coordination.k8s.io leases "$ns" hanfs-export
+    can true "agent: update its Lease" "$ns" hanfs-agent update coordination.k8s.io leases "$ns" hanfs-export
+    can true "agent: create the Lease" "$ns" hanfs-agent create coordination.k8s.io leases "$ns"
+    can false "agent: no other Lease" "$ns" hanfs-agent update coordination.k8s.io leases "$ns" hanfs-controller
+    can false "agent: no delete" "$ns" hanfs-agent delete coordination.k8s.io leases "$ns" hanfs-export
+    can false "agent: no list" "$ns" hanfs-agent list coordination.k8s.io leases "$ns"
+    # helm test: creates the PVC and the Pod (hooks); nothing schedules the pod here, so it
+    # times out waiting, and we check the objects the hooks made.
+    hhelm test hanfs -n "$ns" --timeout 5s >"$work/test.log" 2>&1 || true
+    expect "helm test created the PVC and the Pod" "$(get "/api/v1/namespaces/$ns/persistentvolumeclaims/hanfs-test" \
+        '[o["spec"]["storageClassName"], o["spec"]["resources"]["requests"]["storage"]]') $(get "/api/v1/namespaces/$ns/pods/hanfs-test" \
+        'o["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]')" '["hanfs", "16Mi"] hanfs-test'
+    api DELETE "/api/v1/namespaces/$ns/pods/hanfs-test?gracePeriodSeconds=0" >/dev/null 2>&1 || true
+    api DELETE "/api/v1/namespaces/$ns/persistentvolumeclaims/hanfs-test" >/dev/null 2>&1 || true
+    if out=$(hhelm uninstall hanfs -n "$ns" 2>&1); then pass "helm uninstall (minimal)"; else fail "helm uninstall (minimal)" "$out"; fi
+    expect "uninstall removed the CSIDriver and StorageClass" \
+        "$(get /apis/storage.k8s.io/v1/csidrivers 'len(o["items"])') $(get /apis/storage.k8s.io/v1/storageclasses 'len(o["items"])')" "0 0"
+    expect "uninstall kept the token Secret (resource-policy keep)" "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" 'o["metadata"]["name"]')" hanfs-backend-token
+fi
+
+# --- full values (agent, attacher, registrar, snapshot class, existing Secret)
+ns=hanfs-full
+body=$work/ns.json
+printf '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"%s"}}' "$ns" >"$body"
+api POST /api/v1/namespaces "$body" >/dev/null
+printf '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"hanfs-token-from-vault","namespace":"%s"},"stringData":{"api-token":"s3cret"}}' "$ns" >"$body"
+api POST "/api/v1/namespaces/$ns/secrets" "$body" >/dev/null
+if install hanfs "$ns" -f "$full"; then
+    expect "CSIDriver attachRequired from the value" "$(get /apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io 'o["spec"]["attachRequired"]')" true
+    expect "two StorageClasses, one default" "$(get /apis/storage.k8s.io/v1/storageclasses \
+        '[(s["metadata"]["name"], s["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class"), s["parameters"]["onDelete"], s.get("mountOptions")) for s in o["items"]]')" \
+        '[["hanfs", "true", "delete", ["nconnect=4"]], ["hanfs-archive", null, "archive", null]]'
+    expect "VolumeSnapshotClass" "$(get /apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses/hanfs-snapshot '[o["driver"], o["deletionPolicy"]]')" '["hanfs.csi.io", "Retain"]'
+    # shellcheck disable=SC2016 # $(NODE_NAME) is literal: kubelet expands it.
+    expect "agent DaemonSet: pinned to the two nodes, its config, existing token Secret" "$(get "/apis/apps/v1/namespaces/$ns/daemonsets/hanfs-agent" \
+        '(lambda s: [s["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], s["containers"][0]["args"][1], [v["secret"] for v in s["volumes"] if "secret" in v][0]["secretName"], s["hostNetwork"], s["serviceAccountName"])(o["spec"]["template"]["spec"])')" \
+        '[["storage-a", "storage-b"], "--config=/etc/hanfs/config/agent-$(NODE_NAME).json", "hanfs-token-from-vault", true, "hanfs-ag"]'
+    expect "Deployment: 2 replicas, 5 containers" "$(get "/apis/apps/v1/namespaces/$ns/deployments/hanfs-controller" \
+        '[o["spec"]["replicas"], len(o["spec"]["template"]["spec"]["containers"])]')" '[2, 5]'
+    can true "attacher patches VolumeAttachment status" "$ns" hanfs-ctrl patch storage.k8s.io volumeattachments "" x status
+    can true "attacher reads CSINodes" "$ns" hanfs-ctrl list storage.k8s.io csinodes
+    can true "agent (renamed SA) updates its Lease" "$ns" hanfs-ag update coordination.k8s.io leases "$ns" hanfs-export
+    can false "old ServiceAccount names are not bound" "$ns" hanfs-controller create "" persistentvolumes
+    if out=$(hhelm uninstall hanfs -n "$ns" 2>&1); then pass "helm uninstall (full)"; else fail "helm uninstall (full)" "$out"; fi
+    expect "uninstall removed cluster objects (CSIDriver, StorageClasses, VolumeSnapshotClass, ClusterRoles)" \
+        "$(get /apis/storage.k8s.io/v1/csidrivers 'len(o["items"])') $(get /apis/storage.k8s.io/v1/storageclasses 'len(o["items"])') $(get /apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses 'len(o["items"])') $(get /apis/rbac.authorization.k8s.io/v1/clusterroles 'len([c for c in o["items"] if c["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == "hanfs"])')" \
+        "0 0 0 0"
+fi
+
+echo "chart: $passed passed, $failed failed ($(elapsed) s)"
+[ "$failed" = 0 ]
