@@ -2,6 +2,9 @@
 //!
 //! - [`csi::v1`]: the Container Storage Interface, spec v1.12.0, compiled from the
 //!   spec's own `csi.proto` (fetched at build time, see `build.rs`).
+//! - [`pluginregistration`]: kubelet's plugin-registration API (`k8s.io/kubelet`
+//!   v0.37.2, `pkg/apis/pluginregistration/v1/api.proto`, fetched at build time): the
+//!   node plugin serves it so kubelet finds the CSI socket without node-driver-registrar.
 //! - [`backend::v1`]: our volume API between the CSI controller and the storage
 //!   servers (`backend.proto` in this crate).
 //!
@@ -13,6 +16,12 @@ pub mod csi {
         #![allow(clippy::all, missing_docs)]
         tonic::include_proto!("csi.v1");
     }
+}
+
+/// Upstream's package is `pluginregistration` (no `v1`), and the wire names follow it.
+pub mod pluginregistration {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("pluginregistration");
 }
 
 pub mod backend {
