@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from the Go module proxy into a cache outside the repo:
-#   ${HANFS_CACHE:-$HOME/.cache/hanfs}/kube-$KUBE_VERSION/bin/{kube-apiserver,etcd}
+# Builds the Kubernetes components hanfs's tests run (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, all from one k8s.io/kubernetes version) and etcd from the Go module
+# proxy into a cache outside the repo:
+#   ${HANFS_CACHE:-$HOME/.cache/hanfs}/kube-$KUBE_VERSION/bin/{kube-apiserver,...,etcd}
 #
 # Usage: e2e/kube/build.sh
 #   Does nothing when the cache is complete. Progress goes to stderr; the last line on
@@ -8,23 +10,30 @@
 #
 # Why a throwaway module: k8s.io/kubernetes' go.mod replaces every staging k8s.io/* module
 # with ./staging/..., and replace directives of a dependency are ignored, so
-# `go install k8s.io/kubernetes/cmd/kube-apiserver@v1.34.4` cannot resolve them. We pin
+# `go install k8s.io/kubernetes/cmd/kube-apiserver@v1.37.2` cannot resolve them. We pin
 # each one to its published v0.x twin instead. etcd's server module has the same problem
 # (replaces ../api etc.), and the same cure: require it from a module of our own.
 set -euo pipefail
 
-KUBE_VERSION=${KUBE_VERSION:-v1.34.4}
+KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 # etcd version k8s.io/kubernetes $KUBE_VERSION itself requires (go.etcd.io/etcd/server/v3).
-ETCD_VERSION=${ETCD_VERSION:-v3.6.4}
+ETCD_VERSION=${ETCD_VERSION:-v3.7.0}
 # k8s.io/kubernetes v1.X.Y <-> staging modules v0.X.Y
 STAGING_VERSION=v0.${KUBE_VERSION#v1.}
 
 cache=${HANFS_CACHE:-$HOME/.cache/hanfs}/kube-$KUBE_VERSION
 bin=$cache/bin
 stamp=$cache/.complete
-want="kube-apiserver $KUBE_VERSION etcd $ETCD_VERSION"
+components="kube-apiserver kube-controller-manager kube-scheduler kubelet"
+want="$components $KUBE_VERSION etcd $ETCD_VERSION"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]; then
+complete() {
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] || return 1
+    local c
+    for c in $components etcd; do [ -x "$bin/$c" ] || return 1; done
+}
+
+if complete; then
     echo "$bin"
     exit 0
 fi
@@ -37,7 +46,7 @@ if ! flock -w 3600 9; then
     exit 1
 fi
 # The holder we waited for may have finished the job.
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ]; then
+if complete; then
     echo "$bin"
     exit 0
 fi
@@ -52,12 +61,12 @@ start=$(date +%s)
 log() { echo "build.sh: $*" >&2; }
 
 build_kube() {
-    local src=$cache/src/kube-apiserver
+    local src=$cache/src/kubernetes
     rm -rf "$src"
     mkdir -p "$src"
     cd "$src"
-    log "kube-apiserver $KUBE_VERSION: resolving modules in $src"
-    go mod init hanfs.local/kube-apiserver-build >/dev/null 2>&1
+    log "kubernetes $KUBE_VERSION: resolving modules in $src"
+    go mod init hanfs.local/kubernetes-build >/dev/null 2>&1
     go mod edit -require="k8s.io/kubernetes@$KUBE_VERSION"
     go mod download k8s.io/kubernetes
     local kmod
@@ -72,15 +81,20 @@ build_kube() {
         n=$((n + 1))
     done
     log "pinned $n staging modules to $STAGING_VERSION"
-    log "kube-apiserver: go build (several minutes on 2 cores)"
+    log "$components: go build (one build, shared packages; 10+ minutes on 2 cores)"
     # Without the version stamps the binary reports v0.0.0-master, and 1.3x derives its
     # emulation/compatibility version (feature gate defaults) from it.
     local v=k8s.io/component-base/version minor=${KUBE_VERSION#v1.}
     minor=${minor%%.*}
     local ldflags="-s -w -X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
     ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
-    nice -n 10 go build -trimpath -ldflags="$ldflags" -o "$bin/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-    mv "$bin/kube-apiserver.tmp" "$bin/kube-apiserver"
+    local c pkgs=() out=$cache/bin.tmp
+    for c in $components; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    rm -rf "$out"
+    mkdir -p "$out"
+    nice -n 10 go build -trimpath -ldflags="$ldflags" -o "$out/" "${pkgs[@]}"
+    for c in $components; do mv "$out/$c" "$bin/$c"; done
+    rmdir "$out"
 }
 
 build_etcd() {
@@ -99,7 +113,9 @@ build_etcd() {
 
 mkdir -p "$bin"
 [ -x "$bin/etcd" ] || build_etcd
-[ -x "$bin/kube-apiserver" ] || build_kube
+kube_built=1
+for c in $components; do [ -x "$bin/$c" ] || kube_built=0; done
+[ "$kube_built" = 1 ] || build_kube
 
 "$bin/kube-apiserver" --version >&2
 "$bin/etcd" --version >&2

@@ -26,10 +26,18 @@ pub const CLIENT_IP: &str = "10.80.0.20";
 /// it from the host side of the bridge).
 pub const NODE_PORT: u16 = 10000;
 pub const CLUSTER_ID: &str = "e2e";
+/// Where the stand-alone node plugin (csi-sanity, the VM-level trials) stages and publishes
+/// in the client VM: laid out like kubelet's root, but not kubelet's, which the client's
+/// real kubelet owns (it would take these for orphaned pod folders).
+pub const STANDALONE_ROOT: &str = "/var/lib/hanfs-e2e";
 /// The Lease duration the agents run with (the default an admin gets).
 pub const LEASE_MS: u64 = 6000;
 /// Size of each storage VM's DRBD backing disk.
 pub const DATA_DISK_MIB: u64 = 512;
+
+/// The client VM's memory and data disk (containerd's store) as a kubelet node.
+pub const CLIENT_MEMORY_MIB: u32 = 2048;
+pub const CLIENT_DISK_MIB: u64 = 4096;
 
 pub const LONG: Duration = Duration::from_secs(120);
 pub const SHORT: Duration = Duration::from_secs(30);
@@ -56,7 +64,11 @@ pub fn vm_spec(bins: &Path) -> ClusterSpec {
     ClusterSpec::new(vec![
         VmSpec::new("storage-a", Ipv4Addr::new(10, 80, 0, 11)).with_data_disk(DATA_DISK_MIB),
         VmSpec::new("storage-b", Ipv4Addr::new(10, 80, 0, 12)).with_data_disk(DATA_DISK_MIB),
-        VmSpec::new(CLIENT, Ipv4Addr::new(10, 80, 0, 20)),
+        // The client is also a kubelet node (containerd, kubelet, the chart's pods): more
+        // memory, and a data disk for containerd's images.
+        VmSpec::new(CLIENT, Ipv4Addr::new(10, 80, 0, 20))
+            .with_memory(CLIENT_MEMORY_MIB)
+            .with_data_disk(CLIENT_DISK_MIB),
     ])
     .with_host_dir(bins)
 }
@@ -253,10 +265,10 @@ impl HanfsCluster {
         let sanity = sanity.display();
         self.client().run(
             &format!(
-                "mkdir -p {sanity} /var/lib/kubelet && mount --bind /hanfs/share/sanity {sanity} && \
+                "mkdir -p {sanity} {STANDALONE_ROOT} && mount --bind /hanfs/share/sanity {sanity} && \
                  setsid -f hanfs-node --endpoint tcp://0.0.0.0:{NODE_PORT} --node-id {CLIENT} \
                    --cluster-id {CLUSTER_ID} --transport nfs --nfs-server {VIP} \
-                   --allowed-target-root /var/lib/kubelet --allowed-target-root {sanity} \
+                   --allowed-target-root {STANDALONE_ROOT} --allowed-target-root {sanity} \
                    >>/hanfs/share/node.log 2>&1"
             ),
             SHORT,
@@ -319,6 +331,11 @@ impl HanfsCluster {
 
     pub fn vm(&self, name: &str) -> &Vm {
         self.cluster.vm(name)
+    }
+
+    /// The API server holding the Lease (and the Kubernetes objects of `kube_pods`).
+    pub fn api(&self) -> Result<&KubeApiServer, Error> {
+        Ok(self.api.as_ref().ok_or("the API server is gone")?)
     }
 
     pub fn client(&self) -> &Vm {
@@ -456,8 +473,9 @@ impl HanfsCluster {
         let created = self.hanfsctl(&["volume", "create", name, "--size", size])?;
         let id = first_word(&created)?;
         let staging =
-            format!("/var/lib/kubelet/plugins/kubernetes.io/csi/hanfs/{name}/globalmount");
-        let target = format!("/var/lib/kubelet/pods/{name}/volumes/kubernetes.io~csi/{name}/mount");
+            format!("{STANDALONE_ROOT}/plugins/kubernetes.io/csi/hanfs/{name}/globalmount");
+        let target =
+            format!("{STANDALONE_ROOT}/pods/{name}/volumes/kubernetes.io~csi/{name}/mount");
         self.client()
             .run(&format!("mkdir -p {staging} $(dirname {target})"), SHORT)?;
         self.hanfsctl(&["publish", &id, &target, "--staging", &staging])?;

@@ -8,11 +8,14 @@
 //!   snapshots and clones).
 //! - [`writer`] + [`scenarios`]: failovers measured by a client that fsyncs numbered
 //!   records; [`stock`]: the same hard kill with the hand-built setup people run today.
+//! - [`kube_pods`]: the client VM as a kubelet node, the chart `helm install`ed, workload
+//!   pods writing through failovers.
 //! - [`report`]: the tables.
 //!
 //! The binary `hanfs-e2e` runs the CI subset (`ci`) or the full matrix (`matrix`).
 
 pub mod cluster;
+pub mod kube_pods;
 pub mod report;
 pub mod sanity;
 pub mod scenarios;

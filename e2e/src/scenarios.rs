@@ -9,6 +9,7 @@ use crate::Error;
 use crate::cluster::{
     HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter, fail_data_disk,
 };
+use crate::kube_pods::KubeNode;
 use crate::writer::{Trial, Writer, run_trial};
 use std::time::Duration;
 
@@ -30,11 +31,19 @@ pub const ALL: &[&str] = &[
     "cold-restart",
 ];
 
+/// The scenarios that also run under a pod (`pod-<name>`: the writer is a workload pod on
+/// the client VM's kubelet, its volume provisioned and mounted by the chart's pods).
+pub const UNDER_POD: &[&str] = &["hard-kill", "switchover"];
+
 pub struct Runner<'a> {
     pub hc: &'a HanfsCluster,
     /// The published volume the writer writes into (a path in the client VM).
     pub target: String,
     split_brain: SplitBrainCounter,
+    /// The kubelet node, once `pod-*` scenarios are to run.
+    pods: Option<&'a KubeNode<'a>>,
+    /// Whether the scenario running now writes from a pod.
+    under_pod: bool,
 }
 
 fn peer_of(name: &str) -> &'static str {
@@ -59,11 +68,38 @@ impl<'a> Runner<'a> {
             hc,
             target,
             split_brain: SplitBrainCounter::default(),
+            pods: None,
+            under_pod: false,
         }
+    }
+
+    /// Lets `pod-*` scenarios run, with their writer in a pod on this node.
+    pub fn with_pods(mut self, pods: &'a KubeNode<'a>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Runs scenario `name` once, with or without the writer holding a lock.
     pub fn run(&mut self, name: &str, lock: bool) -> Result<Trial, Error> {
+        self.under_pod = false;
+        if let Some(base) = name.strip_prefix("pod-") {
+            if !UNDER_POD.contains(&base) {
+                return Err(
+                    format!("scenario {base:?} does not run under a pod ({UNDER_POD:?})").into(),
+                );
+            }
+            if self.pods.is_none() {
+                return Err(format!("{name}: no kubelet node was started").into());
+            }
+            self.under_pod = true;
+            let result = self.run_base(base, lock);
+            self.under_pod = false;
+            return result;
+        }
+        self.run_base(name, lock)
+    }
+
+    fn run_base(&mut self, name: &str, lock: bool) -> Result<Trial, Error> {
         let (active, _) = self.hc.wait_active(None, LONG)?;
         // After a takeover nfsd is in its grace period (10 s) and holds back new opens
         // and locks; the writer must be writing when the fault comes.
@@ -118,6 +154,9 @@ impl<'a> Runner<'a> {
         writer: Writer,
         fault: impl FnOnce() -> Result<(), Error>,
     ) -> Result<Trial, Error> {
+        if let (true, Some(pods)) = (self.under_pod, self.pods) {
+            return pods.pod_trial(name, writer, fault);
+        }
         run_trial(
             &self.hc.clock,
             self.hc.client(),

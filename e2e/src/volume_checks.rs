@@ -7,7 +7,7 @@
 //!   the same bytes.
 
 use crate::Error;
-use crate::cluster::{HanfsCluster, SHORT, first_word};
+use crate::cluster::{HanfsCluster, SHORT, STANDALONE_ROOT, first_word};
 
 const MIB: u64 = 1 << 20;
 
@@ -113,7 +113,7 @@ pub fn run(hc: &HanfsCluster) -> Result<Vec<Check>, Error> {
     let used_after = used_bytes(hc, &active)?;
     let mut same = true;
     for (i, copy) in [&clone, &restored].into_iter().enumerate() {
-        let mount = format!("/var/lib/kubelet/pods/copy{i}/mount");
+        let mount = format!("{STANDALONE_ROOT}/pods/copy{i}/mount");
         client.run(&format!("mkdir -p {mount}"), SHORT)?;
         hc.hanfsctl(&["publish", copy, &mount])?;
         let copy_sum = client.run(&format!("sha256sum {mount}/data | cut -d' ' -f1"), SHORT)?;
@@ -131,8 +131,9 @@ pub fn run(hc: &HanfsCluster) -> Result<Vec<Check>, Error> {
         ),
     });
 
-    let staging = "/var/lib/kubelet/plugins/kubernetes.io/csi/hanfs/quota-check/globalmount";
-    hc.hanfsctl(&["unpublish", &id, &target, "--staging", staging])?;
+    let staging =
+        format!("{STANDALONE_ROOT}/plugins/kubernetes.io/csi/hanfs/quota-check/globalmount");
+    hc.hanfsctl(&["unpublish", &id, &target, "--staging", &staging])?;
     for volume in [&clone, &restored] {
         hc.hanfsctl(&["volume", "delete", volume])?;
     }

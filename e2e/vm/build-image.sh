@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the guest image of the hanfs test VMs, once: a Debian bookworm root from
 # `debootstrap --variant=minbase` with the Debian kernel (6.1: drbd.ko 8.4, nfsd, nfsv4, 9p),
-# drbd-utils and nfs-kernel-server, docs/locales/man dropped, PID 1 = guest-init.sh.
+# drbd-utils and nfs-kernel-server, runc + the CNI plugins + iptables for the kubelet node
+# (containerd and kubelet themselves come from the Go module proxy and reach the guest
+# through a 9p share), docs/locales/man dropped, PID 1 = guest-init.sh.
 #
 # Output, cached at ${HANFS_CACHE:-$HOME/.cache/hanfs}/vm-<hash>/, where <hash> covers this
 # script, guest-init.sh and initramfs-init.sh (the recipe):
@@ -22,7 +24,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SUITE=bookworm
-PACKAGES=linux-image-amd64,drbd-utils,nfs-kernel-server,nfs-common,xfsprogs,e2fsprogs,iproute2,iputils-arping,iputils-ping,procps,util-linux,kmod,busybox-static
+PACKAGES=linux-image-amd64,drbd-utils,nfs-kernel-server,nfs-common,xfsprogs,e2fsprogs,iproute2,iputils-arping,iputils-ping,procps,util-linux,kmod,busybox-static,runc,containernetworking-plugins,iptables,conntrack
 # Loaded by the initramfs, with their dependencies.
 INITRD_MODULES="virtio_pci virtio_blk virtio_net 9pnet_virtio 9p ext4 crc32c_generic"
 

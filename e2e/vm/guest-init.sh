@@ -37,6 +37,11 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/lock /run/drbd /run/rpcbind /run/sendsigs.omit.d
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config 2>/dev/null
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# cgroup v2 for containerd + kubelet in the client VM (kubelet >= 1.35 refuses v1, the host's
+# hybrid layout). The root cgroup may hold processes and still delegate controllers.
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup 2>/dev/null
+ctrls=$(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)
+for c in $ctrls; do echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; done
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout

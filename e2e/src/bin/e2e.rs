@@ -7,13 +7,18 @@
 //!                      the stock setup's hard kill for comparison
 //!   hanfs-e2e stock    only the stock setup's hard kills (with and without a lock)
 //!
-//! Options: `--only a,b` runs only those scenarios (matrix), `--skip-sanity`,
-//! `--skip-stock`, `--hard-kills N`, `--switchovers N`.
+//! Both `ci` and `matrix` end with the Kubernetes part (`kube_pods`): the client VM becomes
+//! a kubelet node, the chart is `helm install`ed, a pod writes records that a second pod
+//! reads back, and the `pod-*` scenarios fail the storage over under a writing pod.
+//!
+//! Options: `--only a,b` runs only those scenarios (matrix; `pod-hard-kill` etc. included),
+//! `--skip-sanity`, `--skip-stock`, `--skip-pods`, `--hard-kills N`, `--switchovers N`.
 //! Prints the tables on stdout and ends with `e2e: N passed, M failed`.
 //! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
 
 use hanfs_e2e::cluster::HanfsCluster;
-use hanfs_e2e::scenarios::{ALL, Runner};
+use hanfs_e2e::kube_pods::KubeNode;
+use hanfs_e2e::scenarios::{ALL, Runner, UNDER_POD};
 use hanfs_e2e::writer::Trial;
 use hanfs_e2e::{Clock, Error, report, sanity, stock, volume_checks};
 
@@ -24,6 +29,10 @@ struct Plan {
     checks: bool,
     /// (scenario, lock) in order.
     trials: Vec<(String, bool)>,
+    /// Start the kubelet node and install the chart (pod write/read check).
+    pods: bool,
+    /// (`pod-` scenario, lock) in order, after the pod write/read check.
+    pod_trials: Vec<(String, bool)>,
     /// Locks of the stock setup's hard-kill trials (empty: no stock run).
     stock: Vec<bool>,
 }
@@ -43,6 +52,7 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
         })
     };
     let mut trials = Vec::new();
+    let mut pod_trials = Vec::new();
     let mut stock = Vec::new();
     let mut hanfs = true;
     match mode {
@@ -53,13 +63,22 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
         "ci" => {
             trials.push(("hard-kill".to_owned(), true));
             trials.push(("switchover".to_owned(), false));
+            pod_trials.push(("pod-hard-kill".to_owned(), true));
+            pod_trials.push(("pod-switchover".to_owned(), false));
         }
         "matrix" => {
-            let only: Vec<&str> = value("--only").map_or(ALL.to_vec(), |v| v.split(',').collect());
+            let pod_names: Vec<String> = UNDER_POD.iter().map(|n| format!("pod-{n}")).collect();
+            let mut every: Vec<&str> = ALL.to_vec();
+            every.extend(pod_names.iter().map(String::as_str));
+            let only: Vec<&str> = value("--only").map_or(every.clone(), |v| v.split(',').collect());
             for name in &only {
-                if !ALL.contains(name) {
-                    return Err(format!("unknown scenario {name:?}; known: {ALL:?}").into());
+                if !every.contains(name) {
+                    return Err(format!("unknown scenario {name:?}; known: {every:?}").into());
                 }
+            }
+            for name in pod_names.iter().filter(|n| only.contains(&n.as_str())) {
+                let count = if name == "pod-hard-kill" { 3 } else { 2 };
+                pod_trials.extend((0..count).map(|i| (name.clone(), i % 2 == 0)));
             }
             for name in ALL.iter().filter(|n| only.contains(n)) {
                 let count = match *name {
@@ -75,13 +94,19 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                 stock = vec![true, false];
             }
         }
-        _ => return Err("usage: hanfs-e2e ci|matrix|stock [--only a,b] [--skip-sanity] [--skip-stock] [--hard-kills N] [--switchovers N]".into()),
+        _ => return Err("usage: hanfs-e2e ci|matrix|stock [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N]".into()),
+    }
+    let pods = hanfs && !flag("--skip-pods");
+    if !pods {
+        pod_trials.clear();
     }
     Ok(Plan {
         hanfs,
         sanity: !flag("--skip-sanity"),
         checks: !flag("--skip-checks"),
         trials,
+        pods,
+        pod_trials,
         stock,
     })
 }
@@ -138,12 +163,34 @@ fn run_on(hc: &HanfsCluster, plan: &Plan, outcome: &mut Outcome) -> Result<(), E
         }
         hc.clock.log("volume checks done");
     }
-    if plan.trials.is_empty() {
+    let (_, target) = hc.published_volume("writer", "128Mi")?;
+    let mut runner = Runner::new(hc, target.clone());
+    run_trials(hc, &mut runner, &plan.trials, outcome)?;
+    if !plan.pods {
         return Ok(());
     }
-    let (_, target) = hc.published_volume("writer", "128Mi")?;
-    let mut runner = Runner::new(hc, target);
-    for (name, lock) in &plan.trials {
+    let node = KubeNode::start(hc)?;
+    match node.write_then_read() {
+        Ok(line) => {
+            outcome.lines.push(line);
+            outcome.passed += 1;
+        }
+        Err(e) => {
+            outcome.lines.push(format!("pod write/read FAILED: {e}"));
+            outcome.failed += 1;
+        }
+    }
+    let mut runner = Runner::new(hc, target).with_pods(&node);
+    run_trials(hc, &mut runner, &plan.pod_trials, outcome)
+}
+
+fn run_trials(
+    hc: &HanfsCluster,
+    runner: &mut Runner,
+    trials: &[(String, bool)],
+    outcome: &mut Outcome,
+) -> Result<(), Error> {
+    for (name, lock) in trials {
         let trial = runner.run(name, *lock)?;
         hc.clock.log(&format!(
             "{name} (lock {lock}): stall {:.2} s, {} acked, {} lost, {} I/O errors, {} locks lost, {} split-brain, {} stale; {}",

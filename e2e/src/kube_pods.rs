@@ -1,0 +1,607 @@
+//! hanfs as a Kubernetes user gets it: the client VM becomes a kubelet node (containerd 2.x
+//! + runc + CNI bridge + kube-proxy + kubelet, one Kubernetes version), kube-controller-manager
+//! and kube-scheduler run on the host side of the bridge next to the API server, the chart is
+//! `helm install`ed with the storage agents outside the cluster (`agent.enabled=false`: they
+//! stay services on the storage VMs), and every pod of the chart runs on that kubelet from
+//! locally built images. Then workload pods with a hanfs PVC write numbered fsync'ed records
+//! through the VIP while the storage servers fail over under them.
+//!
+//! What each step proves is read back from the API (Node Ready, CSINode lists the driver,
+//! the chart's pods Ready, PVC Bound, pod phases and restart counts) or from the servers
+//! (the records as the active storage server has them).
+
+use crate::cluster::{CLIENT, CLUSTER_ID, HanfsCluster, LONG, SHORT, VIP};
+use crate::writer::{Trial, Writer, measure};
+use crate::{Clock, Error};
+use hanfs_testkit::kube::KubeApiServer;
+use hanfs_testkit::process::Supervised;
+use serde_json::{Value, json};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The namespace the chart is installed into and the workloads run in.
+pub const NAMESPACE: &str = "hanfs";
+/// The chart's default StorageClass name.
+const STORAGE_CLASS: &str = "hanfs";
+/// The workload image (built from the `record-writer` binary of this crate).
+const WRITER_IMAGE: &str = "hanfs.local/record-writer:local";
+/// Bound on a locally built third-party component (cached after the first build).
+const BUILD_LIMIT: Duration = Duration::from_secs(60 * 60);
+/// Bound on the node becoming Ready and the chart's pods starting (TCG is slow: every
+/// container start is a few process spawns, each ~50 ms in the guest).
+const START_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs a repo script that builds (or finds cached) something and prints its folder last.
+fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo.join(script)).args(args);
+    let out =
+        hanfs_testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dir = text.lines().last().unwrap_or_default().trim();
+    if dir.is_empty() || !Path::new(dir).is_dir() {
+        return Err(format!("{script} printed no folder (stdout: {text:?})").into());
+    }
+    Ok(PathBuf::from(dir))
+}
+
+/// Hard-links (or copies, across filesystems) `from` to `to`.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), Error> {
+    let _ = fs::remove_file(to);
+    if fs::hard_link(from, to).is_err() {
+        fs::copy(from, to).map_err(|e| format!("copying {}: {e}", from.display()))?;
+    }
+    Ok(())
+}
+
+/// A small client for the objects this module reads and writes, over the API server's
+/// curl (the token never shows in a process listing).
+pub struct Api<'a>(pub &'a KubeApiServer);
+
+impl Api<'_> {
+    /// GET that must answer 200.
+    pub fn get(&self, path: &str) -> Result<Value, Error> {
+        let (code, body) = self.0.curl("GET", path, None)?;
+        if code != 200 {
+            return Err(format!("GET {path}: HTTP {code}: {}", body.trim()).into());
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// GET that may answer 404 (`None`).
+    pub fn find(&self, path: &str) -> Result<Option<Value>, Error> {
+        let (code, body) = self.0.curl("GET", path, None)?;
+        match code {
+            200 => Ok(Some(serde_json::from_str(&body)?)),
+            404 => Ok(None),
+            _ => Err(format!("GET {path}: HTTP {code}: {}", body.trim()).into()),
+        }
+    }
+
+    /// POST an object to its collection (201 or 200).
+    pub fn create(&self, collection: &str, object: &Value) -> Result<Value, Error> {
+        let (code, body) = self.0.curl("POST", collection, Some(&object.to_string()))?;
+        if code != 201 && code != 200 {
+            return Err(format!("POST {collection}: HTTP {code}: {}", body.trim()).into());
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// DELETE (404 counts as done).
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        let (code, body) = self.0.curl("DELETE", path, None)?;
+        if ![200, 202, 404].contains(&code) {
+            return Err(format!("DELETE {path}: HTTP {code}: {}", body.trim()).into());
+        }
+        Ok(())
+    }
+
+    /// Polls `path` until `ready` says yes (returning the object) or `limit` passes; the
+    /// error carries what `ready` said about the last version seen.
+    pub fn wait(
+        &self,
+        path: &str,
+        limit: Duration,
+        ready: impl Fn(&Value) -> Result<bool, String>,
+    ) -> Result<Value, Error> {
+        let started = Instant::now();
+        let mut last = String::from("never read");
+        while started.elapsed() < limit {
+            match self.find(path) {
+                Ok(Some(object)) => match ready(&object) {
+                    Ok(true) => return Ok(object),
+                    Ok(false) => last = "not yet".into(),
+                    Err(why) => return Err(format!("{path}: {why}").into()),
+                },
+                Ok(None) => last = "not found".into(),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(format!("{path} not ready within {limit:?}: {last}").into())
+    }
+
+    /// Polls until `path` is gone.
+    pub fn wait_gone(&self, path: &str, limit: Duration) -> Result<(), Error> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.find(path)?.is_none() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(format!("{path} still exists after {limit:?}").into())
+    }
+}
+
+fn condition_true(object: &Value, kind: &str) -> bool {
+    object["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == kind && c["status"] == "True")
+    })
+}
+
+/// The Kubernetes side of the VM cluster: control-plane processes on the host, the
+/// kubelet node in the client VM, the chart installed. Drop stops the host processes
+/// (the VM side dies with the VMs).
+pub struct KubeNode<'a> {
+    hc: &'a HanfsCluster,
+    kube: &'a KubeApiServer,
+    helm: PathBuf,
+    /// kube-controller-manager (PV binder, attach/detach, Deployment/DaemonSet/ReplicaSet)
+    /// and kube-scheduler, in the cluster's namespace.
+    control_plane: Vec<Supervised>,
+}
+
+impl Drop for KubeNode<'_> {
+    fn drop(&mut self) {
+        for p in &mut self.control_plane {
+            let _ = p.stop(Duration::from_secs(5));
+        }
+    }
+}
+
+impl<'a> KubeNode<'a> {
+    /// Builds (or finds cached) every component, starts the control plane, makes the client
+    /// VM a node, installs the chart and waits until the driver is registered on the node
+    /// and the controller is ready.
+    pub fn start(hc: &'a HanfsCluster) -> Result<Self, Error> {
+        let clock = hc.clock;
+        let repo = hc.repo.clone();
+        let kube_bin = hanfs_testkit::kube::binaries()?;
+        let containerd_bin = built(&repo, "e2e/kube/build-containerd.sh", &[])?;
+        let helm_bin = built(&repo, "e2e/kube/build-helm.sh", &[])?;
+        let sidecar_bin = built(&repo, "e2e/kube/build-sidecars.sh", &[])?;
+        let images = built(
+            &repo,
+            "images/build.sh",
+            &[
+                "--release-dir",
+                &hc.bins.display().to_string(),
+                "--sidecar-bin-dir",
+                &sidecar_bin.display().to_string(),
+                "--extra-binary",
+                &hc.bins.join("record-writer").display().to_string(),
+            ],
+        )?;
+        clock.log("components built or cached (kubelet, containerd, helm, sidecars, images)");
+
+        // Everything the guest needs, under its share.
+        let share = hc.client().share_dir().join("kube");
+        for sub in ["bin", "images"] {
+            fs::create_dir_all(share.join(sub))?;
+        }
+        for (dir, name) in [
+            (&kube_bin, "kubelet"),
+            (&kube_bin, "kube-proxy"),
+            (&containerd_bin, "containerd"),
+            (&containerd_bin, "containerd-shim-runc-v2"),
+            (&containerd_bin, "ctr"),
+        ] {
+            link_or_copy(&dir.join(name), &share.join("bin").join(name))?;
+        }
+        for entry in fs::read_dir(&images)? {
+            let path = entry?.path();
+            if path.to_string_lossy().ends_with(".oci.tar") {
+                let name = path.file_name().ok_or("image without a name")?;
+                link_or_copy(&path, &share.join("images").join(name))?;
+            }
+        }
+        for file in [
+            "node-up.sh",
+            "containerd.toml",
+            "kubelet.yaml",
+            "kube-proxy.yaml",
+            "cni.conflist",
+        ] {
+            fs::copy(repo.join("e2e/kubelet").join(file), share.join(file))?;
+        }
+        let kube = hc.api()?;
+        fs::copy(kube.kubeconfig(), share.join("kubeconfig"))?;
+
+        let mut node = KubeNode {
+            hc,
+            kube,
+            helm: helm_bin.join("helm"),
+            control_plane: Vec::new(),
+        };
+        node.start_control_plane(&kube_bin)?;
+        clock.log("kube-controller-manager and kube-scheduler started");
+        let up = hc
+            .client()
+            .exec("bash /hanfs/share/kube/node-up.sh", START_LIMIT)?;
+        if !up.success() || !up.stdout.contains("node-up: ok") {
+            return Err(format!(
+                "node-up.sh in the client VM failed (rc {}): {}{}",
+                up.rc, up.stdout, up.stderr
+            )
+            .into());
+        }
+        clock.log(&format!(
+            "client VM runs containerd + kubelet: {}",
+            up.stdout.trim().replace('\n', "; ")
+        ));
+        let started = Instant::now();
+        node.api()
+            .wait(&format!("/api/v1/nodes/{CLIENT}"), START_LIMIT, |n| {
+                Ok(condition_true(n, "Ready"))
+            })?;
+        clock.log(&format!(
+            "node {CLIENT} Ready after {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        node.helm_install()?;
+        Ok(node)
+    }
+
+    pub fn api(&self) -> Api<'_> {
+        Api(self.kube)
+    }
+
+    fn start_control_plane(&mut self, kube_bin: &Path) -> Result<(), Error> {
+        let work = self.kube.workdir().to_owned();
+        let kubeconfig = self.kube.kubeconfig();
+        let logs = self.hc.workdir().join("kube");
+        fs::create_dir_all(&logs)?;
+        let mut kcm = Command::new(kube_bin.join("kube-controller-manager"));
+        kcm.arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "--controllers=*",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+            ])
+            .arg("--service-account-private-key-file")
+            .arg(work.join("sa.key"))
+            .arg("--root-ca-file")
+            .arg(work.join("ca.crt"))
+            .arg("--use-service-account-credentials=false")
+            .args(["--node-monitor-grace-period=20s"]);
+        let mut scheduler = Command::new(kube_bin.join("kube-scheduler"));
+        scheduler
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--leader-elect=false", "--bind-address=127.0.0.1"]);
+        for (name, cmd) in [
+            ("kube-controller-manager", &mut kcm),
+            ("kube-scheduler", &mut scheduler),
+        ] {
+            let log = fs::File::create(logs.join(format!("{name}.log")))?;
+            let mut in_netns = self.hc.vms().command_in(cmd);
+            in_netns.stdout(log.try_clone()?).stderr(log);
+            self.control_plane
+                .push(Supervised::spawn(name, &mut in_netns)?);
+        }
+        Ok(())
+    }
+
+    /// `helm install` of the chart as an admin with storage servers outside the cluster
+    /// would do it, then waits for the node plugin to register with kubelet (CSINode) and
+    /// the controller Deployment to be available.
+    fn helm_install(&self) -> Result<(), Error> {
+        let hc = self.hc;
+        let token = fs::read_to_string(hc.workdir().join("backend-token"))?;
+        let values = hc.workdir().join("kube/values.yaml");
+        fs::write(
+            &values,
+            format!(
+                "clusterId: {CLUSTER_ID}\n\
+                 image:\n  pullPolicy: Never\n\
+                 agent:\n  enabled: false\n\
+                 backend:\n  address: tcp://{VIP}:9820\n  token: {token}\n\
+                 nfs:\n  server: {VIP}\n  share: /export\n"
+            ),
+        )?;
+        let started = Instant::now();
+        let mut helm = Command::new(&self.helm);
+        helm.args(["install", "hanfs"])
+            .arg(hc.repo.join("charts/hanfs"))
+            .args(["--namespace", NAMESPACE, "--create-namespace", "--values"])
+            .arg(&values)
+            .arg("--kubeconfig")
+            .arg(self.kube.kubeconfig());
+        let out = hanfs_testkit::cmd::output(&mut hc.vms().command_in(&helm), LONG)?;
+        if !out.status.success() {
+            return Err(format!(
+                "helm install: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let api = self.api();
+        api.wait(
+            &format!("/apis/storage.k8s.io/v1/csinodes/{CLIENT}"),
+            START_LIMIT,
+            |n| {
+                Ok(n["spec"]["drivers"]
+                    .as_array()
+                    .is_some_and(|ds| ds.iter().any(|d| d["name"] == "hanfs.csi.io")))
+            },
+        )?;
+        hc.clock.log(&format!(
+            "helm install: the node plugin registered hanfs.csi.io with kubelet (CSINode) {:.1}s after install",
+            started.elapsed().as_secs_f64()
+        ));
+        api.wait(
+            &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/hanfs-controller"),
+            START_LIMIT,
+            |d| Ok(condition_true(d, "Available")),
+        )?;
+        hc.clock.log(&format!(
+            "helm install: controller Deployment available {:.1}s after install",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// A PVC of the chart's StorageClass; returns once it is Bound, with its PV's volume id.
+    pub fn bound_pvc(&self, name: &str, size: &str) -> Result<String, Error> {
+        let api = self.api();
+        let ns = format!("/api/v1/namespaces/{NAMESPACE}");
+        api.create(
+            &format!("{ns}/persistentvolumeclaims"),
+            &json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": STORAGE_CLASS,
+                    "resources": {"requests": {"storage": size}}
+                }
+            }),
+        )?;
+        let pvc = api.wait(
+            &format!("{ns}/persistentvolumeclaims/{name}"),
+            START_LIMIT,
+            |p| Ok(p["status"]["phase"] == "Bound"),
+        )?;
+        let pv_name = pvc["spec"]["volumeName"]
+            .as_str()
+            .ok_or("a Bound PVC without spec.volumeName")?;
+        let pv = api.get(&format!("/api/v1/persistentvolumes/{pv_name}"))?;
+        Ok(pv["spec"]["csi"]["volumeHandle"]
+            .as_str()
+            .ok_or("the PV has no CSI volumeHandle")?
+            .to_owned())
+    }
+
+    /// Starts a pod that runs `record-writer` with `args` on the PVC `claim` (mounted at
+    /// /data), leaving scheduling to kube-scheduler; restartPolicy Never, so a restart
+    /// cannot hide a crash.
+    pub fn start_pod(&self, name: &str, claim: &str, args: &[&str]) -> Result<(), Error> {
+        self.api().create(
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods"),
+            &json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "writer",
+                        "image": WRITER_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/record-writer"],
+                        "args": args,
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                    }],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+                }
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Waits for the pod to reach `phase` (Running, Succeeded); a Failed pod is an error
+    /// at once, with its container's state.
+    pub fn wait_pod(&self, name: &str, phase: &str, limit: Duration) -> Result<Value, Error> {
+        self.api().wait(
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}"),
+            limit,
+            |p| {
+                let now = p["status"]["phase"].as_str().unwrap_or("");
+                if now == "Failed" && phase != "Failed" {
+                    return Err(format!("pod failed: {}", p["status"]["containerStatuses"]));
+                }
+                Ok(now == phase)
+            },
+        )
+    }
+
+    /// The pod's container log as the kubelet node has it (CRI format: time, stream,
+    /// tag, line), without the CRI prefix.
+    pub fn pod_log(&self, name: &str) -> Result<String, Error> {
+        let raw = self.hc.client().run(
+            &format!("cat /var/log/pods/{NAMESPACE}_{name}_*/writer/0.log"),
+            SHORT,
+        )?;
+        Ok(raw
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    pub fn delete_pod(&self, name: &str) -> Result<(), Error> {
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
+        self.api().delete(&path)?;
+        self.api().wait_gone(&path, LONG)
+    }
+
+    /// The records file of volume `volume_id` as the active storage server has it.
+    fn server_copy(&self, volume_id: &str, file: &str) -> Result<String, Error> {
+        let dir = volume_id
+            .rsplit('/')
+            .next()
+            .ok_or("a volume id without a directory")?;
+        let (active, _) = self.hc.wait_active(None, LONG)?;
+        Ok(self
+            .hc
+            .vm(&active)
+            .run(&format!("cat /export/volumes/{dir}/{file}"), SHORT)?)
+    }
+
+    /// One pod writes records and is deleted; a second pod on the same PVC reads them
+    /// back. Returns a one-line result; an error when anything acknowledged is missing.
+    pub fn write_then_read(&self) -> Result<String, Error> {
+        let clock = self.hc.clock;
+        let started = Instant::now();
+        let volume = self.bound_pvc("records", "64Mi")?;
+        clock.log(&format!(
+            "PVC records Bound to {volume} after {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        self.start_pod("writer", "records", &["write", "/data/records.log", "10"])?;
+        self.wait_pod("writer", "Succeeded", START_LIMIT)?;
+        let acks = self.pod_log("writer")?;
+        clock.log(&format!(
+            "writer pod done {:.1}s after the PVC was created",
+            started.elapsed().as_secs_f64()
+        ));
+        self.delete_pod("writer")?;
+        self.start_pod("reader", "records", &["read", "/data/records.log"])?;
+        self.wait_pod("reader", "Succeeded", START_LIMIT)?;
+        let read = self.pod_log("reader")?;
+        self.delete_pod("reader")?;
+        let records: String = read.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        let m = measure(&acks, &records, 0.0)?;
+        if m.acked == 0 || m.lost > 0 || m.io_errors > 0 {
+            return Err(format!(
+                "pod write/read: {} acknowledged, {} missing in the second pod's read, {} I/O errors",
+                m.acked, m.lost, m.io_errors
+            )
+            .into());
+        }
+        Ok(format!(
+            "pod write/read over NFS: {} records acknowledged by pod writer, all {} read back by pod reader ({})",
+            m.acked,
+            m.acked,
+            read.lines().next().unwrap_or_default()
+        ))
+    }
+
+    /// A failover trial under a pod: the writer pod writes (with a lock when asked) while
+    /// `fault` runs `writer.fault_after` after its first acknowledgement; measured like the
+    /// VM-level trials, plus: the pod was not restarted and ended Succeeded.
+    pub fn pod_trial(
+        &self,
+        scenario: &str,
+        writer: Writer,
+        fault: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<Trial, Error> {
+        let clock: Clock = self.hc.clock;
+        let pod = format!("{scenario}-{}", if writer.lock { "lock" } else { "nolock" });
+        let claim = "failover";
+        let api = self.api();
+        let claim_path = format!("/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/{claim}");
+        let volume = match api.find(&claim_path)? {
+            Some(pvc) => {
+                let pv = api.get(&format!(
+                    "/api/v1/persistentvolumes/{}",
+                    pvc["spec"]["volumeName"]
+                        .as_str()
+                        .ok_or("PVC without a PV")?
+                ))?;
+                pv["spec"]["csi"]["volumeHandle"]
+                    .as_str()
+                    .ok_or("PV without a volumeHandle")?
+                    .to_owned()
+            }
+            None => self.bound_pvc(claim, "128Mi")?,
+        };
+        let file = format!("{pod}.log");
+        let seconds = writer.seconds.to_string();
+        let mut args = vec!["write", "", &seconds];
+        let path = format!("/data/{file}");
+        args[1] = &path;
+        if writer.lock {
+            args.push("lock");
+        }
+        self.hc.client().run("dmesg -c >/dev/null", SHORT)?;
+        self.start_pod(&pod, claim, &args)?;
+        self.wait_pod(&pod, "Running", START_LIMIT)?;
+        // The fault lands once the writer is really writing, not while its pod starts.
+        let first_ack = Instant::now();
+        while !self.pod_log(&pod).unwrap_or_default().contains("ack ") {
+            if first_ack.elapsed() > LONG {
+                return Err(format!("pod {pod} acknowledged nothing within {LONG:?}").into());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        std::thread::sleep(writer.fault_after);
+        let fault_at: f64 = self
+            .hc
+            .client()
+            .run("python3 -c 'import time; print(time.monotonic())'", SHORT)?
+            .trim()
+            .parse()?;
+        clock.log(&format!("pod {scenario}: fault"));
+        fault()?;
+        clock.log(&format!("pod {scenario}: fault injected"));
+        let done = self.wait_pod(
+            &pod,
+            "Succeeded",
+            Duration::from_secs(u64::from(writer.seconds) + 240),
+        )?;
+        let restarts = done["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .ok_or("the pod's status has no restartCount")?;
+        let acks = self.pod_log(&pod)?;
+        let written = self.server_copy(&volume, &file)?;
+        let locks_lost: usize = self
+            .hc
+            .client()
+            .run("dmesg | grep -c 'lost .* lock' || true", SHORT)?
+            .trim()
+            .parse()
+            .map_err(|e| format!("counting lost locks: {e}"))?;
+        self.delete_pod(&pod)?;
+        let m = measure(&acks, &written, fault_at)?;
+        let mut trial = Trial {
+            setup: "hanfs",
+            scenario: format!("pod {scenario}"),
+            lock: writer.lock,
+            stall_s: m.stall_s,
+            acked: m.acked,
+            lost: m.lost,
+            io_errors: m.io_errors,
+            locks_lost,
+            split_brain: 0,
+            stale_handles: 0,
+            notes: vec![format!("pod restarts {restarts}")],
+            broken: Vec::new(),
+        };
+        if restarts != 0 {
+            trial
+                .broken
+                .push(format!("the pod was restarted {restarts} times"));
+        }
+        if m.acked == 0 {
+            trial.broken.push("the pod acknowledged nothing".into());
+        }
+        Ok(trial)
+    }
+}
