@@ -155,6 +155,9 @@ case $a in
 *'"--leader-election"'*'"--extra-create-metadata"'*) pass "provisioner: leader election and --extra-create-metadata" ;;
 *) fail "provisioner args" "$a" ;;
 esac
+gate() { args_of "$1" Deployment hanfs-controller csi-resizer | py '[a for a in o if a.startswith("--feature-gates")]'; }
+expect "resizer's VolumeAttributesClass gate only with controller.modifyVolume" "$(gate "$min_yaml") $(gate "$full_yaml")" \
+    '[] ["--feature-gates=VolumeAttributesClass=true"]'
 expect "full: image references" "$(docs Deployment <"$full_yaml" | py '[c["image"] for c in o[0]["spec"]["template"]["spec"]["containers"]]')" \
     '["registry.example.com/hanfs/hanfs-controller:0.1.0", "registry.example.com/hanfs/csi-provisioner:v6.4.0", "registry.example.com/hanfs/csi-resizer:v1.14.0", "registry.example.com/hanfs/csi-snapshotter:v8.7.0", "registry.example.com/hanfs/csi-attacher:v4.13.0"]'
 expect "minimal: default images" "$(docs DaemonSet <"$min_yaml" | py 'o[0]["spec"]["template"]["spec"]["containers"][0]["image"]')" "hanfs.local/hanfs-node:0.1.0"
@@ -195,6 +198,55 @@ refuse "clusterId pattern" "clusterId" "${minimal[@]}" --set clusterId=bad/id
 refuse "agent on without nodes, VIP, scope" "/agent/nodes" "${minimal[@]}" --set agent.enabled=true
 refuse "agent with one node" "/agent/nodes" -f "$full" --set 'agent.nodes={storage-a}'
 refuse "lease shorter than 1500 ms" "durationMs" -f "$full" --set agent.lease.durationMs=1000
+
+# ---------------------------------------------------------------- 3b. flags and config keys
+# Every flag the chart passes to a hanfs binary must be one that binary's --help lists,
+# and every key of the rendered agent.json a field of drbd-backend's AgentFile (it has
+# deny_unknown_fields: an unknown key stops the agent at start).
+bin_dir=${HANFS_BIN_DIR:-}
+if [ -z "$bin_dir" ]; then
+    for d in "$repo/target/debug" "$repo/target/release"; do
+        [ -x "$d/hanfs-node" ] && [ -x "$d/hanfs-controller" ] && [ -x "$d/hanfs-backend" ] && { bin_dir=$d; break; }
+    done
+fi
+flags_known() { # flags_known <label> <help text file> <args JSON list>
+    local missing
+    missing=$(python3 -c '
+import json, re, sys
+help_text = open(sys.argv[1]).read()
+known = set(re.findall(r"(--[a-z0-9-]+)", help_text))
+used = [a.split("=", 1)[0] for a in json.loads(sys.argv[2]) if a.startswith("--")]
+print(" ".join(sorted(set(u for u in used if u not in known))))' "$2" "$3")
+    if [ -z "$missing" ]; then pass "$1: every flag the chart passes is in --help"; else fail "$1: flags unknown to the binary: $missing"; fi
+}
+if [ -n "$bin_dir" ] && ! { [ -x "$bin_dir/hanfs-node" ] && [ -x "$bin_dir/hanfs-controller" ] && [ -x "$bin_dir/hanfs-backend" ]; }; then
+    fail "hanfs binaries in HANFS_BIN_DIR=$bin_dir (hanfs-controller, hanfs-node, hanfs-backend)"
+elif [ -z "$bin_dir" ]; then
+    fail "hanfs binaries found (HANFS_BIN_DIR, target/debug or target/release): build them first (cargo build --bins)"
+else
+    "$bin_dir/hanfs-controller" --help >"$work/controller.help" 2>&1 || true
+    "$bin_dir/hanfs-node" --help >"$work/node.help" 2>&1 || true
+    "$bin_dir/hanfs-backend" agent --help >"$work/agent.help" 2>&1 || true
+    for f in "$min_yaml" "$full_yaml"; do
+        v=$(basename "$f" .yaml)
+        flags_known "$v: hanfs-controller" "$work/controller.help" "$(args_of "$f" Deployment hanfs-controller hanfs-controller)"
+        flags_known "$v: hanfs-node" "$work/node.help" "$(args_of "$f" DaemonSet hanfs-node hanfs-node)"
+    done
+    flags_known "full: hanfs-backend agent" "$work/agent.help" "$(args_of "$full_yaml" DaemonSet hanfs-agent hanfs-agent | py 'o[1:]')"
+fi
+unknown=$(docs ConfigMap <"$full_yaml" | python3 -c '
+import json, re, sys
+fields = set(re.findall(r"^\s*pub ([a-z_]+):", open(sys.argv[1]).read(), re.M))
+def walk(v, path):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k not in fields:
+                yield path + k
+            yield from walk(x, path + k + ".")
+for name, text in json.load(sys.stdin)[0]["data"].items():
+    for bad in walk(json.loads(text), name + ": "):
+        print(bad)' "$repo/drbd-backend/src/agent_config.rs" 2>&1)
+expect "full: every agent.json key is an AgentFile field (drbd-backend/src/agent_config.rs)" "$unknown" ""
 
 if [ "${SKIP_APISERVER:-0}" = 1 ]; then
     log "SKIP_APISERVER=1: no kube-apiserver checks"
@@ -336,7 +388,7 @@ if install hanfs "$ns" "${minimal[@]}"; then
     can true "provisioner creates PVs" "$ns" "$sa" create "" persistentvolumes
     can true "provisioner updates PVCs" "$ns" "$sa" update "" persistentvolumeclaims "$ns"
     can true "resizer patches PVC status" "$ns" "$sa" patch "" persistentvolumeclaims "$ns" x status
-    can true "resizer reads VolumeAttributesClasses" "$ns" "$sa" watch storage.k8s.io volumeattributesclasses
+    can false "resizer: no VolumeAttributesClasses without controller.modifyVolume" "$ns" "$sa" watch storage.k8s.io volumeattributesclasses
     can true "snapshotter updates content status" "$ns" "$sa" update snapshot.storage.k8s.io volumesnapshotcontents "" x status
     can true "sidecar leader election in its namespace" "$ns" "$sa" update coordination.k8s.io leases "$ns"
     can false "no leases outside its namespace" "$ns" "$sa" update coordination.k8s.io leases kube-system
@@ -384,6 +436,7 @@ if install hanfs "$ns" -f "$full"; then
         '[o["spec"]["replicas"], len(o["spec"]["template"]["spec"]["containers"])]')" '[2, 5]'
     can true "attacher patches VolumeAttachment status" "$ns" hanfs-ctrl patch storage.k8s.io volumeattachments "" x status
     can true "attacher reads CSINodes" "$ns" hanfs-ctrl list storage.k8s.io csinodes
+    can true "resizer reads VolumeAttributesClasses (controller.modifyVolume)" "$ns" hanfs-ctrl watch storage.k8s.io volumeattributesclasses
     can true "agent (renamed SA) updates its Lease" "$ns" hanfs-ag update coordination.k8s.io leases "$ns" hanfs-export
     can false "old ServiceAccount names are not bound" "$ns" hanfs-controller create "" persistentvolumes
     if out=$(hhelm uninstall hanfs -n "$ns" 2>&1); then pass "helm uninstall (full)"; else fail "helm uninstall (full)" "$out"; fi
