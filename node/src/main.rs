@@ -5,8 +5,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hanfs_common::endpoint::{Endpoint, Listener, shutdown_signal};
 use hanfs_common::ids::ClusterId;
 use hanfs_node::config::{DEFAULT_NFS_OPTIONS, DEFAULT_NFS_SHARE, DEFAULT_TARGET_ROOT};
+use hanfs_node::health::HealthConfig;
+use hanfs_node::registration::RegistrationConfig;
 use hanfs_node::syscall_helper::{HelperCommand, run_helper};
-use hanfs_node::{NodeConfig, Transport, mount_spec};
+use hanfs_node::{Extras, NodeConfig, Transport, mount_spec};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,6 +54,26 @@ struct Args {
     mount_timeout_secs: u64,
     #[arg(long, default_value_t = 10)]
     stats_timeout_secs: u64,
+    /// kubelet's plugin-registration directory (e.g. /var/lib/kubelet/plugins_registry):
+    /// serve registration on `<dir>/<driver-name>-reg.sock` there, so no
+    /// node-driver-registrar sidecar is needed. Without it no registration is served.
+    #[arg(long)]
+    registration_dir: Option<PathBuf>,
+    /// The CSI socket's path as kubelet sees it (e.g.
+    /// /var/lib/kubelet/plugins/hanfs.csi.io/csi.sock); defaults to the path of --endpoint.
+    #[arg(long)]
+    kubelet_csi_endpoint: Option<String>,
+    /// Also serve grpc.health.v1 (only that) here, e.g. tcp://127.0.0.1:9808, for
+    /// kubelet's `livenessProbe.grpc`, which cannot dial a unix socket. The CSI socket
+    /// serves it too.
+    #[arg(long)]
+    health_listen: Option<String>,
+    /// How often the health check runs.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    health_interval_secs: u64,
+    /// Longest one health check may take before it counts as failed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    health_timeout_secs: u64,
     /// Log JSON lines instead of text.
     #[arg(long)]
     json_logs: bool,
@@ -70,6 +92,49 @@ enum Command {
     /// Internal: one syscall on a mount path, run by the plugin in a child process.
     #[command(hide = true, subcommand)]
     Helper(HelperCommand),
+}
+
+/// Registration and health settings; `endpoint` is the parsed --endpoint.
+fn extras_config(
+    args: &Args,
+    endpoint: &Endpoint,
+) -> Result<(Option<RegistrationConfig>, Option<Endpoint>, HealthConfig), String> {
+    let registration = match &args.registration_dir {
+        None => None,
+        Some(dir) => {
+            let kubelet_csi_endpoint = match &args.kubelet_csi_endpoint {
+                Some(text) => match Endpoint::parse(text) {
+                    Ok(Endpoint::Unix(path)) => path,
+                    _ => {
+                        return Err(format!(
+                            "--kubelet-csi-endpoint {text:?} must be a unix socket path"
+                        ));
+                    }
+                },
+                None => match endpoint {
+                    Endpoint::Unix(path) => path.clone(),
+                    Endpoint::Tcp(_) => {
+                        return Err("--registration-dir with a tcp:// --endpoint needs \
+                                    --kubelet-csi-endpoint (kubelet dials CSI drivers on unix sockets)"
+                            .into());
+                    }
+                },
+            };
+            Some(RegistrationConfig {
+                dir: dir.clone(),
+                kubelet_csi_endpoint,
+            })
+        }
+    };
+    let health_listen = match &args.health_listen {
+        Some(text) => Some(Endpoint::parse(text).map_err(|e| format!("--health-listen: {e}"))?),
+        None => None,
+    };
+    let health = HealthConfig {
+        interval: Duration::from_secs(args.health_interval_secs),
+        timeout: Duration::from_secs(args.health_timeout_secs),
+    };
+    Ok((registration, health_listen, health))
 }
 
 fn node_config(args: Args) -> Result<NodeConfig, String> {
@@ -130,6 +195,10 @@ fn main() -> ExitCode {
         Ok(endpoint) => endpoint,
         Err(err) => return fail(&err.to_string()),
     };
+    let (registration, health_listen, health) = match extras_config(&args, &endpoint) {
+        Ok(extras) => extras,
+        Err(err) => return fail(&err),
+    };
     let config = match node_config(args) {
         Ok(config) => config,
         Err(err) => return fail(&err),
@@ -143,7 +212,16 @@ fn main() -> ExitCode {
     };
     let served = runtime.block_on(async {
         let listener = Listener::bind(&endpoint).await?;
-        hanfs_node::run(config, listener, shutdown_signal()).await
+        let health_listener = match &health_listen {
+            Some(endpoint) => Some(Listener::bind(endpoint).await?),
+            None => None,
+        };
+        let extras = Extras {
+            registration,
+            health_listener,
+            health,
+        };
+        hanfs_node::run_with(config, listener, extras, shutdown_signal()).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
