@@ -11,7 +11,9 @@
 #
 # Usage: charts/check.sh           (as root: network namespaces)
 # Env:   HELM (a helm binary; default: e2e/kube/build-helm.sh builds v3.22.0 once),
-#        KUBE_BIN_DIR (default: e2e/kube/build.sh), SKIP_APISERVER=1 (only steps 1-3).
+#        KUBE_BIN_DIR (default: e2e/kube/build.sh), HANFS_BIN_DIR (default: target/debug,
+#        else target/release), SKIP_APISERVER=1 (only steps 1-3), KEEP_WORK=1 (keep the
+#        work dir: rendered manifests, apiserver logs).
 set -euo pipefail
 # Sorted listings below compare byte-wise, whatever the caller's locale.
 export LC_ALL=C
@@ -42,7 +44,7 @@ cleanup() {
     if [ -n "$api_pid" ]; then
         "$repo/e2e/netns/netns.sh" down "$netns_id" >/dev/null 2>&1 || true
     fi
-    rm -rf "$work"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "check.sh: kept $work" >&2; else rm -rf "$work"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -259,8 +261,10 @@ fi
 [ "$(id -u)" = 0 ] || { log "the apiserver checks need root (network namespaces); SKIP_APISERVER=1 skips them"; exit 1; }
 real_bin=${KUBE_BIN_DIR:-$("$repo/e2e/kube/build.sh" | tail -n 1)}
 # start.sh runs kube-apiserver with AlwaysAllow; RBAC authorization instead makes the
-# SubjectAccessReviews below answer by the chart's rules. A wrapper dir swaps the mode and
-# execs the real binary (same pid, so start.sh's supervision is unchanged).
+# SubjectAccessReviews below answer by the chart's rules. And like any cluster that runs
+# CSI node plugins it must allow privileged containers (the apiserver's default refuses
+# them: "privileged: Forbidden: disallowed by cluster policy"). A wrapper dir swaps the
+# mode, adds the flag and execs the real binary (same pid: start.sh's supervision holds).
 bin=$work/kube-bin
 mkdir -p "$bin"
 ln -s "$real_bin/etcd" "$bin/etcd"
@@ -268,7 +272,7 @@ cat >"$bin/kube-apiserver" <<EOF
 #!/usr/bin/env bash
 args=()
 for a in "\$@"; do [ "\$a" = AlwaysAllow ] && a=RBAC; args+=("\$a"); done
-exec "$real_bin/kube-apiserver" "\${args[@]}"
+exec "$real_bin/kube-apiserver" "\${args[@]}" --allow-privileged=true
 EOF
 chmod +x "$bin/kube-apiserver"
 
@@ -356,8 +360,11 @@ install() {
     shift 2
     if out=$(hhelm install "$rel" "$chart" -n "$ns" --create-namespace "$@" 2>&1); then
         pass "helm install $rel -n $ns $*"
+        printf '%s\n' "$out" >"$work/install-$ns.out"
     else
         fail "helm install $rel -n $ns $*" "$out"
+        # What a failed install created would collide with the next case's objects.
+        hhelm uninstall "$rel" -n "$ns" >/dev/null 2>&1 || true
         return 1
     fi
 }
@@ -384,6 +391,18 @@ if install hanfs "$ns" "${minimal[@]}"; then
         '["hanfs-provisioner", "hanfs-resizer", "hanfs-snapshotter"]'
     expect "Secret with the generated token, 48 characters" "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" \
         'len(__import__("base64").b64decode(o["data"]["token"]))')" 48
+    if grep -q "kubectl get csinode" "$work/install-$ns.out" && grep -q "hanfs-backend status" "$work/install-$ns.out"; then
+        pass "NOTES: CSINode and hanfs-backend status health checks printed"
+    else
+        fail "NOTES: health checks printed" "$(cat "$work/install-$ns.out")"
+    fi
+    token_before=$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" 'o["data"]["token"]')
+    if out=$(hhelm upgrade hanfs "$chart" -n "$ns" --reuse-values 2>&1); then
+        expect "helm upgrade keeps the generated token (lookup)" \
+            "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" 'o["data"]["token"]')" "$token_before"
+    else
+        fail "helm upgrade --reuse-values" "$out"
+    fi
     sa=hanfs-controller
     can true "provisioner creates PVs" "$ns" "$sa" create "" persistentvolumes
     can true "provisioner updates PVCs" "$ns" "$sa" update "" persistentvolumeclaims "$ns"
@@ -402,7 +421,11 @@ if install hanfs "$ns" "${minimal[@]}"; then
     can false "agent: no delete" "$ns" hanfs-agent delete coordination.k8s.io leases "$ns" hanfs-export
     can false "agent: no list" "$ns" hanfs-agent list coordination.k8s.io leases "$ns"
     # helm test: creates the PVC and the Pod (hooks); nothing schedules the pod here, so it
-    # times out waiting, and we check the objects the hooks made.
+    # times out waiting, and we check the objects the hooks made. The namespace's "default"
+    # ServiceAccount, which admission demands for the pod, is kube-controller-manager's to
+    # create; none runs here, so we do.
+    printf '{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default"}}' >"$work/sa.json"
+    api POST "/api/v1/namespaces/$ns/serviceaccounts" "$work/sa.json" >/dev/null
     hhelm test hanfs -n "$ns" --timeout 5s >"$work/test.log" 2>&1 || true
     expect "helm test created the PVC and the Pod" "$(get "/api/v1/namespaces/$ns/persistentvolumeclaims/hanfs-test" \
         '[o["spec"]["storageClassName"], o["spec"]["resources"]["requests"]["storage"]]') $(get "/api/v1/namespaces/$ns/pods/hanfs-test" \
@@ -412,6 +435,15 @@ if install hanfs "$ns" "${minimal[@]}"; then
     if out=$(hhelm uninstall hanfs -n "$ns" 2>&1); then pass "helm uninstall (minimal)"; else fail "helm uninstall (minimal)" "$out"; fi
     expect "uninstall removed the CSIDriver and StorageClass" \
         "$(get /apis/storage.k8s.io/v1/csidrivers 'len(o["items"])') $(get /apis/storage.k8s.io/v1/storageclasses 'len(o["items"])')" "0 0"
+    # A VolumeAttributesClass carries the protection finalizer (admission adds it); its
+    # controller, in kube-controller-manager, removes it once no PVC uses the class. Here:
+    # deletion requested, then we take the controller's part.
+    vac=/apis/storage.k8s.io/v1/volumeattributesclasses/hanfs-retain
+    expect "uninstall deleted the VolumeAttributesClass (pending its protection finalizer)" \
+        "$(get "$vac" '[o["metadata"].get("deletionTimestamp") is not None, o["metadata"].get("finalizers")]')" \
+        '[true, ["kubernetes.io/vac-protection"]]'
+    printf '{"metadata":{"finalizers":null}}' >"$work/patch.json"
+    api PATCH "$vac" "$work/patch.json" application/merge-patch+json >/dev/null 2>&1 || true
     expect "uninstall kept the token Secret (resource-policy keep)" "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" 'o["metadata"]["name"]')" hanfs-backend-token
 fi
 
@@ -430,7 +462,7 @@ if install hanfs "$ns" -f "$full"; then
     expect "VolumeSnapshotClass" "$(get /apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses/hanfs-snapshot '[o["driver"], o["deletionPolicy"]]')" '["hanfs.csi.io", "Retain"]'
     # shellcheck disable=SC2016 # $(NODE_NAME) is literal: kubelet expands it.
     expect "agent DaemonSet: pinned to the two nodes, its config, existing token Secret" "$(get "/apis/apps/v1/namespaces/$ns/daemonsets/hanfs-agent" \
-        '(lambda s: [s["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"], s["containers"][0]["args"][1], [v["secret"] for v in s["volumes"] if "secret" in v][0]["secretName"], s["hostNetwork"], s["serviceAccountName"])(o["spec"]["template"]["spec"])')" \
+        '(lambda s: [[t["matchFields"][0]["values"][0] for t in s["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]], s["containers"][0]["args"][1], [v["secret"] for v in s["volumes"] if "secret" in v][0]["secretName"], s["hostNetwork"], s["serviceAccountName"]])(o["spec"]["template"]["spec"])')" \
         '[["storage-a", "storage-b"], "--config=/etc/hanfs/config/agent-$(NODE_NAME).json", "hanfs-token-from-vault", true, "hanfs-ag"]'
     expect "Deployment: 2 replicas, 5 containers" "$(get "/apis/apps/v1/namespaces/$ns/deployments/hanfs-controller" \
         '[o["spec"]["replicas"], len(o["spec"]["template"]["spec"]["containers"])]')" '[2, 5]'
@@ -443,6 +475,12 @@ if install hanfs "$ns" -f "$full"; then
     expect "uninstall removed cluster objects (CSIDriver, StorageClasses, VolumeSnapshotClass, ClusterRoles)" \
         "$(get /apis/storage.k8s.io/v1/csidrivers 'len(o["items"])') $(get /apis/storage.k8s.io/v1/storageclasses 'len(o["items"])') $(get /apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses 'len(o["items"])') $(get /apis/rbac.authorization.k8s.io/v1/clusterroles 'len([c for c in o["items"] if c["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == "hanfs"])')" \
         "0 0 0 0"
+    expect "uninstall deleted both VolumeAttributesClasses" \
+        "$(get /apis/storage.k8s.io/v1/volumeattributesclasses 'sorted((v["metadata"]["name"], v["metadata"].get("deletionTimestamp") is not None) for v in o["items"])')" \
+        '[["hanfs-archive", true], ["hanfs-retain", true]]'
+    expect "uninstall removed the agent's DaemonSet, ConfigMap, token Secret" \
+        "$(get "/apis/apps/v1/namespaces/$ns/daemonsets" 'len(o["items"])') $(get "/api/v1/namespaces/$ns/configmaps" 'len([c for c in o["items"] if c["metadata"]["name"] == "hanfs-agent"])') $(get "/api/v1/namespaces/$ns/secrets" 'sorted(x["metadata"]["name"] for x in o["items"])')" \
+        '0 0 ["hanfs-token-from-vault"]' 
 fi
 
 echo "chart: $passed passed, $failed failed ($(elapsed) s)"
