@@ -216,9 +216,12 @@ flags_known() { # flags_known <label> <help text file> <args JSON list>
     missing=$(python3 -c '
 import json, re, sys
 help_text = open(sys.argv[1]).read()
+# clap lists "--name", the Go flag package "  -name".
 known = set(re.findall(r"(--[a-z0-9-]+)", help_text))
-used = [a.split("=", 1)[0] for a in json.loads(sys.argv[2]) if a.startswith("--")]
-print(" ".join(sorted(set(u for u in used if u not in known))))' "$2" "$3")
+known |= {"-" + m for m in re.findall(r"^\s+(-[a-z0-9-]+)", help_text, re.M)}
+args = [a for a in json.loads(sys.argv[2]) if a.startswith("--")]
+bad = {a.split("=", 1)[0] for a in args if a.split("=", 1)[0] not in known}
+print(" ".join(sorted(bad)))' "$2" "$3")
     if [ -z "$missing" ]; then pass "$1: every flag the chart passes is in --help"; else fail "$1: flags unknown to the binary: $missing"; fi
 }
 if [ -n "$bin_dir" ] && ! { [ -x "$bin_dir/hanfs-node" ] && [ -x "$bin_dir/hanfs-controller" ] && [ -x "$bin_dir/hanfs-backend" ]; }; then
@@ -235,6 +238,27 @@ else
         flags_known "$v: hanfs-node" "$work/node.help" "$(args_of "$f" DaemonSet hanfs-node hanfs-node)"
     done
     flags_known "full: hanfs-backend agent" "$work/agent.help" "$(args_of "$full_yaml" DaemonSet hanfs-agent hanfs-agent | py 'o[1:]')"
+fi
+# The sidecars: from SIDECAR_BIN_DIR, else the cache e2e/kube/build-sidecars.sh fills (the
+# API-flow tests build it; it does nothing when complete).
+sidecar_bin=${SIDECAR_BIN_DIR:-$("$repo/e2e/kube/build-sidecars.sh" 2>"$work/sidecars.log" | tail -n 1 || true)}
+if [ -x "$sidecar_bin/csi-provisioner" ]; then
+    for s in csi-provisioner csi-resizer csi-snapshotter csi-attacher; do
+        "$sidecar_bin/$s" --help >"$work/$s.help" 2>&1 || true
+        a=$(args_of "$full_yaml" Deployment hanfs-controller "$s")
+        flags_known "full: $s" "$work/$s.help" "$a"
+        # Values matter too (feature gate names, durations, booleans): run it with the
+        # chart's args and no cluster. Past the flags it stops at the in-cluster config.
+        mapfile -t argv < <(py '"\n".join(o)' <<<"$a")
+        out=$(env -i -C "$work" PATH=/usr/bin:/bin HOME="$work" timeout 10 "$sidecar_bin/$s" "${argv[@]}" 2>&1 || true)
+        if grep -q "unable to load in-cluster configuration" <<<"$out" && ! grep -qiE "flag provided but not defined|invalid value|unrecognized feature gate|parsing feature gates" <<<"$out"; then
+            pass "full: $s accepts the chart's args (stops at the missing in-cluster config)"
+        else
+            fail "full: $s accepts the chart's args" "$out"
+        fi
+    done
+else
+    fail "sidecar binaries (SIDECAR_BIN_DIR or e2e/kube/build-sidecars.sh)" "$(tail -n 5 "$work/sidecars.log" 2>/dev/null)"
 fi
 unknown=$(docs ConfigMap <"$full_yaml" | python3 -c '
 import json, re, sys
