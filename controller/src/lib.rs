@@ -8,8 +8,10 @@
 //! - [`capabilities`]: which volume capabilities hanfs serves, checked without I/O.
 //! - [`service`]: the Controller service: CSI semantics over backend calls.
 //! - [`backend`]: the authenticated client of the backend volume API.
+//! - [`health`]: `grpc.health.v1`, SERVING while the backend answers (background check).
 
 pub mod backend;
 pub mod capabilities;
+pub mod health;
 pub mod params;
 pub mod service;
