@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes components hanfs's tests run (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, all from one k8s.io/kubernetes version) and etcd from the Go module
+# kube-scheduler, kubelet, kube-proxy, all from one k8s.io/kubernetes version) and etcd from the Go module
 # proxy into a cache outside the repo:
 #   ${HANFS_CACHE:-$HOME/.cache/hanfs}/kube-$KUBE_VERSION/bin/{kube-apiserver,...,etcd}
 #
@@ -24,7 +24,7 @@ STAGING_VERSION=v0.${KUBE_VERSION#v1.}
 cache=${HANFS_CACHE:-$HOME/.cache/hanfs}/kube-$KUBE_VERSION
 bin=$cache/bin
 stamp=$cache/.complete
-components="kube-apiserver kube-controller-manager kube-scheduler kubelet"
+components="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
 want="$components $KUBE_VERSION etcd $ETCD_VERSION"
 
 complete() {
@@ -88,12 +88,17 @@ build_kube() {
     minor=${minor%%.*}
     local ldflags="-s -w -X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
     ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
-    local c pkgs=() out=$cache/bin.tmp
-    for c in $components; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    # Only what is missing: a component added to the list later costs one link, not all.
+    local c pkgs=() missing=() out=$cache/bin.tmp
+    for c in $components; do
+        [ -x "$bin/$c" ] && continue
+        missing+=("$c")
+        pkgs+=("k8s.io/kubernetes/cmd/$c")
+    done
     rm -rf "$out"
     mkdir -p "$out"
     nice -n 10 go build -trimpath -ldflags="$ldflags" -o "$out/" "${pkgs[@]}"
-    for c in $components; do mv "$out/$c" "$bin/$c"; done
+    for c in "${missing[@]}"; do mv "$out/$c" "$bin/$c"; done
     rmdir "$out"
 }
 

@@ -310,8 +310,7 @@ impl<'a> KubeNode<'a> {
                 "clusterId: {CLUSTER_ID}\n\
                  image:\n  pullPolicy: Never\n\
                  agent:\n  enabled: false\n\
-                 backend:\n  address: tcp://{VIP}:9820\n  token: {token}\n\
-                 nfs:\n  server: {VIP}\n  share: /export\n"
+                 backend:\n  address: {VIP}:9820\n  token: {token}\n  nfsShare: /export\n"
             ),
         )?;
         let started = Instant::now();
@@ -404,7 +403,7 @@ impl<'a> KubeNode<'a> {
                         "name": "writer",
                         "image": WRITER_IMAGE,
                         "imagePullPolicy": "Never",
-                        "command": ["/record-writer"],
+                        "command": ["/usr/local/bin/record-writer"],
                         "args": args,
                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]
                     }],
