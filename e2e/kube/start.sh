@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs etcd + kube-apiserver inside an existing network namespace, in the foreground,
-# until SIGTERM/SIGINT or until either server dies; then stops kube-apiserver, then etcd
-# (SIGTERM, bounded wait, SIGKILL). testkit's kube::KubeApiServer wraps this script.
+# Runs etcd + kube-apiserver (and, if asked, kube-controller-manager) inside an existing
+# network namespace, in the foreground, until SIGTERM/SIGINT or until any of them dies; then
+# stops them in reverse order (SIGTERM, bounded wait, SIGKILL). testkit's
+# kube::KubeApiServer wraps this script.
 #
 # Usage: e2e/kube/start.sh <netns> <listen-ip> <workdir>
 #   etcd:           http://127.0.0.1:2379 inside <netns> (data in <workdir>/etcd)
@@ -11,12 +12,23 @@
 #     <workdir>/ca.crt      the CA that signed the serving cert
 #     <workdir>/auth-header "Authorization: Bearer <token>" for `curl -H @file`
 #     <workdir>/ready       startup seconds; written last, so its presence means ready
-#   and prints "ready in N s: kubeconfig <path>". Logs: <workdir>/{etcd,kube-apiserver}.log;
-#   pids: <workdir>/{etcd,kube-apiserver}.pid.
+#   and prints "ready in N s: kubeconfig <path>". Logs: <workdir>/<server>.log;
+#   pids: <workdir>/<server>.pid (etcd, kube-apiserver, kube-controller-manager).
 # Env: KUBE_BIN_DIR (default: whatever e2e/kube/build.sh prints; it builds on first use),
 #      READY_TIMEOUT seconds (default 90),
+#      WITH_CONTROLLER_MANAGER=1: also run kube-controller-manager (admin kubeconfig, no
+#        leader election, the volume controllers plus service accounts, namespaces and GC;
+#        KCM_CONTROLLERS overrides the list); ready only once its /healthz answers,
+#      APISERVER_RUNTIME_CONFIG: the apiserver's --runtime-config (e.g.
+#        storage.k8s.io/v1beta1/volumeattributesclasses=true),
+#      APISERVER_SERVE_REMOVED_APIS=1: serve APIs removed in this very release (the
+#        apiserver's KUBE_APISERVER_SERVE_REMOVED_APIS_FOR_ONE_RELEASE; needed with the
+#        runtime config above on 1.37, where v1beta1 VolumeAttributesClass is removed but
+#        csi-resizer v1.14 still watches it),
 #      OWNER_PID: stop everything soon after this process is gone (testkit passes the test
 #      process, which may die without running its destructors: Ctrl-C, SIGKILL, abort).
+# The stop functions run from the traps only, which shellcheck cannot see.
+# shellcheck disable=SC2317
 set -euo pipefail
 
 [ $# -eq 3 ] || { echo "usage: $0 <netns> <listen-ip> <workdir>" >&2; exit 2; }
@@ -35,6 +47,14 @@ rm -f "$work/ready" "$work/kubeconfig"
 
 etcd_pid=
 api_pid=
+kcm_pid=
+with_kcm=${WITH_CONTROLLER_MANAGER:-0}
+# The controllers a CSI driver's API flows need: PV/PVC binding, provisioning hand-off and
+# expansion, attach/detach, the protection finalizers (without pvc-protection a deleted PVC
+# never goes away) and VolumeAttributesClass protection; the service-account controllers
+# so pods of a chart get tokens; namespace and garbage collection so deletes finish.
+kcm_controllers=${KCM_CONTROLLERS:-persistentvolume-binder-controller,persistentvolume-expander-controller,persistentvolume-attach-detach-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,volumeattributesclass-protection-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller}
+kcm_port=10257
 # Waits up to $2 tenths of a second for pid $1 to exit.
 wait_gone() {
     local pid=$1 tenths=$2 i
@@ -53,7 +73,8 @@ stop_one() {
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    # Reverse of start: the apiserver first, so it never runs without its store.
+    # Reverse of start: the apiserver after its clients, and before its store.
+    stop_one "$kcm_pid" kube-controller-manager
     stop_one "$api_pid" kube-apiserver
     stop_one "$etcd_pid" etcd
     rm -f "$work/ready"
@@ -98,7 +119,11 @@ until ip netns exec "$ns" curl -sf --max-time 1 -o /dev/null http://127.0.0.1:23
     sleep 0.1
 done
 
-ip netns exec "$ns" "$bin/kube-apiserver" \
+api_env=()
+[ "${APISERVER_SERVE_REMOVED_APIS:-0}" != 1 ] || api_env=(KUBE_APISERVER_SERVE_REMOVED_APIS_FOR_ONE_RELEASE=true)
+api_args=()
+[ -z "${APISERVER_RUNTIME_CONFIG:-}" ] || api_args=(--runtime-config "$APISERVER_RUNTIME_CONFIG")
+ip netns exec "$ns" env "${api_env[@]}" "$bin/kube-apiserver" \
     --etcd-servers http://127.0.0.1:2379 \
     --bind-address "$ip" \
     --advertise-address "$ip" \
@@ -112,6 +137,7 @@ ip netns exec "$ns" "$bin/kube-apiserver" \
     --service-account-signing-key-file "$work/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
     --profiling=false \
+    "${api_args[@]}" \
     </dev/null >"$work/kube-apiserver.log" 2>&1 &
 api_pid=$!
 echo "$api_pid" >"$work/kube-apiserver.pid"
@@ -160,12 +186,44 @@ current-context: hanfs
 EOF
 chmod 600 "$work/kubeconfig.tmp"
 mv "$work/kubeconfig.tmp" "$work/kubeconfig"
+
+if [ "$with_kcm" = 1 ]; then
+    [ -x "$bin/kube-controller-manager" ] || { log "no kube-controller-manager in $bin"; exit 1; }
+    # The admin kubeconfig serves as its client, and for delegated authn/authz of its own
+    # secure port; the service-account key signs the tokens the token controller mints.
+    ip netns exec "$ns" "$bin/kube-controller-manager" \
+        --kubeconfig "$work/kubeconfig" \
+        --authentication-kubeconfig "$work/kubeconfig" \
+        --authorization-kubeconfig "$work/kubeconfig" \
+        --controllers "$kcm_controllers" \
+        --leader-elect=false \
+        --service-account-private-key-file "$work/sa.key" \
+        --root-ca-file "$work/ca.crt" \
+        --bind-address 127.0.0.1 \
+        --secure-port "$kcm_port" \
+        --cert-dir "$work/kcm-certs" \
+        --profiling=false \
+        </dev/null >"$work/kube-controller-manager.log" 2>&1 &
+    kcm_pid=$!
+    echo "$kcm_pid" >"$work/kube-controller-manager.pid"
+    until [ "$(ip netns exec "$ns" curl -sk --max-time 2 -o /dev/null -w '%{http_code}' "https://127.0.0.1:$kcm_port/healthz" 2>/dev/null || true)" = 200 ]; do
+        kill -0 "$kcm_pid" 2>/dev/null || { log "kube-controller-manager exited; tail of $work/kube-controller-manager.log:"; tail -20 "$work/kube-controller-manager.log" >&2; exit 1; }
+        [ -z "$owner" ] || kill -0 "$owner" 2>/dev/null || { log "owner $owner is gone"; exit 1; }
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            log "kube-controller-manager not healthy after $ready_timeout s; tail of its log:"
+            tail -20 "$work/kube-controller-manager.log" >&2
+            exit 1
+        fi
+        sleep 0.25
+    done
+fi
 awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' >"$work/ready"
 echo "ready in $(cat "$work/ready") s: kubeconfig $work/kubeconfig"
 
 # Run until told to stop, a server dies, or the owner is gone. A poll rather than
 # `wait -n`, because the owner is not our child; traps still run within 0.5 s.
-while kill -0 "$etcd_pid" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null; do
+alive() { kill -0 "$etcd_pid" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null && { [ -z "$kcm_pid" ] || kill -0 "$kcm_pid" 2>/dev/null; }; }
+while alive; do
     if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
         log "owner $owner is gone; stopping"
         exit 0
@@ -174,4 +232,8 @@ while kill -0 "$etcd_pid" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null; do
 done
 kill -0 "$etcd_pid" 2>/dev/null || log "etcd exited"
 kill -0 "$api_pid" 2>/dev/null || log "kube-apiserver exited"
+if [ -n "$kcm_pid" ] && ! kill -0 "$kcm_pid" 2>/dev/null; then
+    log "kube-controller-manager exited; tail of $work/kube-controller-manager.log:"
+    tail -20 "$work/kube-controller-manager.log" >&2
+fi
 exit 1

@@ -1,5 +1,6 @@
-//! A real kube-apiserver (with etcd) inside a network namespace, for tests that need the
-//! Kubernetes API: Leases, CSI objects, a kubeconfig for the controller.
+//! A real kube-apiserver (with etcd, and optionally kube-controller-manager) inside a
+//! network namespace, for tests that need the Kubernetes API: Leases, CSI objects, PV
+//! binding, a kubeconfig for the controller and the CSI sidecars.
 //!
 //! The binaries come from `e2e/kube/build.sh` (built from the Go module proxy into
 //! `${HANFS_CACHE:-$HOME/.cache/hanfs}/kube-<version>/` once); `e2e/kube/start.sh` runs
@@ -65,9 +66,30 @@ pub enum Error {
     Stop(String),
 }
 
+/// What runs besides etcd + kube-apiserver, and how the apiserver is configured.
+/// `Options::default()` is what [`KubeApiServer::start`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Also run kube-controller-manager (PV binder, expander, attach/detach, protection
+    /// finalizers, VolumeAttributesClass protection, service accounts, namespaces, GC); the
+    /// start waits for its `/healthz`.
+    pub controller_manager: bool,
+    /// The apiserver's `--runtime-config`, e.g.
+    /// `storage.k8s.io/v1beta1/volumeattributesclasses=true`.
+    pub runtime_config: Option<String>,
+    /// Serve APIs whose removal release is this one (the apiserver's
+    /// `KUBE_APISERVER_SERVE_REMOVED_APIS_FOR_ONE_RELEASE`): v1.37 removes
+    /// `storage.k8s.io/v1beta1` VolumeAttributesClass, which csi-resizer v1.14 still reads.
+    pub serve_removed_apis: bool,
+}
+
 /// Builds the binaries unless cached (see `e2e/kube/build.sh`) and returns their folder,
-/// holding `kube-apiserver` and `etcd`.
+/// holding `kube-apiserver`, `kube-controller-manager` and `etcd`. `$KUBE_BIN_DIR`, if
+/// set, names a folder of prebuilt binaries instead (as for start.sh).
 pub fn binaries() -> Result<PathBuf, Error> {
+    if let Some(dir) = std::env::var_os("KUBE_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
     let out = cmd::run(
         Command::new("bash").arg(crate::e2e_path("kube/build.sh")),
         BUILD_TIMEOUT,
@@ -94,6 +116,8 @@ pub struct KubeApiServer {
     token: String,
     etcd_pid: u32,
     apiserver_pid: u32,
+    /// Set when started with [`Options::controller_manager`].
+    controller_manager_pid: Option<u32>,
     startup: Duration,
     /// Set by [`KubeApiServer::stop`], so Drop does not report the same outcome twice.
     stopped: bool,
@@ -105,6 +129,16 @@ impl KubeApiServer {
     /// `/readyz` answers and the `default` namespace exists. `workdir` receives the etcd
     /// data, certificates, logs and the kubeconfig.
     pub fn start(core_ns: &str, listen_ip: Ipv4Addr, workdir: &Path) -> Result<Self, Error> {
+        Self::start_with(core_ns, listen_ip, workdir, &Options::default())
+    }
+
+    /// [`KubeApiServer::start`] with `options` (kube-controller-manager, runtime config).
+    pub fn start_with(
+        core_ns: &str,
+        listen_ip: Ipv4Addr,
+        workdir: &Path,
+        options: &Options,
+    ) -> Result<Self, Error> {
         let bin = binaries()?;
         let io_err = |path: &Path| {
             let path = path.to_owned();
@@ -123,9 +157,21 @@ impl KubeApiServer {
         let log2 = log.try_clone().map_err(io_err(&log_path))?;
 
         let t0 = Instant::now();
+        let mut command = Command::new("bash");
+        let flag = |on: bool| if on { "1" } else { "0" };
+        command
+            .env("WITH_CONTROLLER_MANAGER", flag(options.controller_manager))
+            .env(
+                "APISERVER_SERVE_REMOVED_APIS",
+                flag(options.serve_removed_apis),
+            )
+            .env(
+                "APISERVER_RUNTIME_CONFIG",
+                options.runtime_config.as_deref().unwrap_or_default(),
+            );
         let mut script = Supervised::spawn(
             "e2e/kube/start.sh",
-            Command::new("bash")
+            command
                 .arg(crate::e2e_path("kube/start.sh"))
                 .arg(core_ns)
                 .arg(listen_ip.to_string())
@@ -169,10 +215,16 @@ impl KubeApiServer {
                 .parse()
                 .map_err(|_| Error::BadResponse(format!("bad pid in {name}")))
         };
+        let controller_manager_pid = if options.controller_manager {
+            Some(pid("kube-controller-manager.pid")?)
+        } else {
+            None
+        };
         Ok(KubeApiServer {
             token: read("token")?,
             etcd_pid: pid("etcd.pid")?,
             apiserver_pid: pid("kube-apiserver.pid")?,
+            controller_manager_pid,
             script,
             ns: core_ns.to_owned(),
             ip: listen_ip,
@@ -212,7 +264,7 @@ impl KubeApiServer {
         self.ip
     }
 
-    /// Work directory: `etcd/`, `certs/`, `{etcd,kube-apiserver,start}.log`, `kubeconfig`.
+    /// Work directory: `etcd/`, `certs/`, `<server>.log`, `start.log`, `kubeconfig`.
     pub fn workdir(&self) -> &Path {
         &self.workdir
     }
@@ -227,12 +279,25 @@ impl KubeApiServer {
         self.apiserver_pid
     }
 
+    /// Pid of kube-controller-manager, if it was asked for.
+    pub fn controller_manager_pid(&self) -> Option<u32> {
+        self.controller_manager_pid
+    }
+
+    /// The end of one server's log: `etcd`, `kube-apiserver` or
+    /// `kube-controller-manager`; for failure messages.
+    pub fn log_tail(&self, server: &str) -> String {
+        fs::read(self.workdir.join(format!("{server}.log")))
+            .map(|b| cmd::tail(&b))
+            .unwrap_or_else(|e| format!("(no {server}.log: {e})"))
+    }
+
     /// From spawning start.sh to ready (includes etcd start and the apiserver's bootstrap).
     pub fn startup_time(&self) -> Duration {
         self.startup
     }
 
-    /// Whether start.sh still runs (it exits when either server dies).
+    /// Whether start.sh still runs (it exits when any of its servers dies).
     pub fn is_running(&self) -> bool {
         !self.script.has_exited()
     }
@@ -258,6 +323,41 @@ impl KubeApiServer {
         body: Option<&str>,
         timeout: Duration,
     ) -> Result<(u16, String), Error> {
+        let ct = if method.eq_ignore_ascii_case("PATCH") {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        self.request(ns, method, path, body.map(|b| (Body::Text(b), ct)), timeout)
+    }
+
+    /// One API call from the core namespace whose body is the file `body` (e.g. a YAML
+    /// manifest too big for a command line), sent as `content_type`
+    /// (`application/yaml` works for create); returns (HTTP status, response body).
+    pub fn curl_file(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Path,
+        content_type: &str,
+    ) -> Result<(u16, String), Error> {
+        self.request(
+            &self.ns,
+            method,
+            path,
+            Some((Body::File(body), content_type)),
+            CURL_TIMEOUT,
+        )
+    }
+
+    fn request(
+        &self,
+        ns: &str,
+        method: &str,
+        path: &str,
+        body: Option<(Body<'_>, &str)>,
+        timeout: Duration,
+    ) -> Result<(u16, String), Error> {
         let mut c = Command::new("curl");
         c.args([
             "-sS",
@@ -270,13 +370,12 @@ impl KubeApiServer {
         .arg("-H")
         .arg(format!("@{}", self.workdir.join("auth-header").display()))
         .args(["-X", method, "-w", "\n%{http_code}"]);
-        if let Some(body) = body {
-            let ct = if method.eq_ignore_ascii_case("PATCH") {
-                "application/merge-patch+json"
-            } else {
-                "application/json"
+        if let Some((body, ct)) = body {
+            c.args(["-H", &format!("Content-Type: {ct}")]);
+            match body {
+                Body::Text(text) => c.args(["--data-raw", text]),
+                Body::File(file) => c.arg("--data-binary").arg(format!("@{}", file.display())),
             };
-            c.args(["-H", &format!("Content-Type: {ct}"), "--data-raw", body]);
         }
         c.arg(format!("{}{path}", self.server_url()));
         let out = cmd::run(
@@ -296,7 +395,8 @@ impl KubeApiServer {
         Ok((code, body.to_owned()))
     }
 
-    /// Stops the apiserver, then etcd (what Drop does), reporting an unclean stop.
+    /// Stops kube-controller-manager (if running), the apiserver, then etcd (what Drop
+    /// does), reporting an unclean stop.
     pub fn stop(mut self) -> Result<(), Error> {
         self.stop_inner()
     }
@@ -318,6 +418,12 @@ impl KubeApiServer {
             ))),
         }
     }
+}
+
+/// A request body: inline, or read by curl from a file.
+enum Body<'a> {
+    Text(&'a str),
+    File(&'a Path),
 }
 
 impl Drop for KubeApiServer {
