@@ -10,8 +10,12 @@
 //!   stopped on drop (SIGTERM, bounded wait, SIGKILL to the whole group).
 //! - [`netns`]: [`netns::Topology`], private network namespaces (a bridge in a "core"
 //!   namespace, N members on veth pairs) that can be partitioned; wraps `e2e/netns/netns.sh`.
-//! - [`kube`]: [`kube::KubeApiServer`], etcd + kube-apiserver inside a namespace; wraps
-//!   `e2e/kube/build.sh` (builds the binaries into a cache once) and `e2e/kube/start.sh`.
+//! - [`kube`]: [`kube::KubeApiServer`], etcd + kube-apiserver (+ kube-controller-manager
+//!   with [`kube::Options`]) inside a namespace; wraps `e2e/kube/build.sh` (builds the
+//!   binaries into a cache once) and `e2e/kube/start.sh`.
+//! - [`csi_sidecars`]: [`csi_sidecars::Sidecar`], csi-provisioner, csi-resizer,
+//!   csi-snapshotter, snapshot-controller, csi-attacher as processes in a namespace; wraps
+//!   `e2e/kube/build-sidecars.sh` (built into a cache once).
 //! - [`thread_ns`]: run a closure or a future on a thread inside a network namespace.
 //! - [`vm`]: [`vm::Cluster`], Debian VMs (qemu TCG, kernel with drbd/nfsd) on a bridge in a
 //!   private namespace, commands through a 9p mailbox, hard kill and restart; wraps
@@ -20,6 +24,7 @@
 //! Needs root (`ip netns`), `ip`, `curl`, `openssl`, and Go for the first build.
 
 pub mod cmd;
+pub mod csi_sidecars;
 pub mod kube;
 pub mod netns;
 pub mod process;
