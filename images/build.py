@@ -808,9 +808,22 @@ def main() -> int:
                 (out / f"{img.name}.packages").write_text(img.packages)
         (out / ".complete").write_text(key + "\n")
     log(f"built {len(images)} images in {time.monotonic() - start:.1f} s into {out}")
+    if args.out is None:
+        prune(cache, keep=int(os.environ.get("HANFS_IMAGES_KEEP", "3")))
     print_summary(json.loads((out / "images.json").read_text()))
     print(out)
     return 0
+
+
+def prune(cache: Path, keep: int) -> None:
+    """Every new binary makes a new images-<hash> folder (up to ~250 MB with the sidecars):
+    keep the newest `keep`, so a test still importing from the one before is not cut short."""
+    done = sorted((p for p in cache.glob("images-*") if (p / ".complete").is_file()),
+                  key=lambda p: (p / ".complete").stat().st_mtime, reverse=True)  # fmt: skip
+    for old in done[keep:]:
+        log(f"removing old images {old}")
+        shutil.rmtree(old, ignore_errors=True)
+        Path(f"{old}.lock").unlink(missing_ok=True)
 
 
 def print_summary(doc: dict) -> None:

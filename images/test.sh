@@ -11,6 +11,7 @@
 # A throwaway containerd (own root, state and socket in a temp dir) runs for the test and
 # is stopped, with its containers and mounts, on every exit path.
 set -euo pipefail
+export PYTHONDONTWRITEBYTECODE=1 # `import build` below must not leave images/__pycache__
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
@@ -44,6 +45,7 @@ ctr=()
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     local rc=$? m
+    set +e # every step below runs, whatever the one before it did
     [ -z "$unshare_pid" ] || kill -KILL "$unshare_pid" 2>/dev/null || true
     if [ -n "$ctrd_pid" ]; then
         # Containers outlive containerd (their shims keep running): remove them first.
@@ -67,6 +69,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM # so an interrupted run cleans up too
 
 # --- build ------------------------------------------------------------------------------
 t0=$(date +%s)
