@@ -63,7 +63,9 @@ fi
 bin=$("$here/../build-e2e-test.sh" | tail -n1)
 images=$(dirname "$bin")/images
 timeout=${HANFS_E2E_TIMEOUT:-8h}
-report=${HANFS_E2E_REPORT_DIR:-$(dirname "$bin")/reports/$(date -u +%Y%m%dT%H%M%SZ)$([ "$dry_run" = 1 ] && echo -dry-run)}
+suffix=""
+[ "$dry_run" = 0 ] || suffix=-dry-run
+report=${HANFS_E2E_REPORT_DIR:-$(dirname "$bin")/reports/$(date -u +%Y%m%dT%H%M%SZ)$suffix}
 mkdir -p "$report"
 # A reused folder must not hand the summary an earlier run's report.
 rm -f "$report/junit.xml" "$report/summary.txt"
