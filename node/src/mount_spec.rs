@@ -1,16 +1,39 @@
 //! What to mount for a volume: pure decisions, no I/O.
 //!
-//! From the transport, the volume directory, the volume context (the controller puts
-//! the VIP in `server` and the export path in `share`), `readonly` and the capability's
-//! `mount_flags` (the StorageClass's `mountOptions`), this module decides the mount(2)
-//! arguments. The caller resolves host names and checks that sources exist.
+//! From the transport, the volume (a hanfs volume or a static one, see below), the volume
+//! context (the controller puts the VIP in `server` and the export path in `share`),
+//! `readonly` and the capability's `mount_flags` (the StorageClass's `mountOptions`), this
+//! module decides the mount(2) arguments. The caller resolves host names and checks that
+//! sources exist.
 //!
 //! mount(8) splits `-o` into VFS flags (`ro`, `nosuid`, ...) and filesystem options; a
 //! raw mount(2) must do the same, because the NFS option parser rejects `nosuid`.
+//!
+//! # Static volumes (csi-driver-nfs style PersistentVolumes)
+//!
+//! A volume whose context has `subDir` (key matched case-insensitively, as csi-driver-nfs
+//! and the controller's StorageClass parameters do) is *static*: an administrator wrote its
+//! PV for a directory that already exists, and its handle is any string (csi-driver-nfs
+//! uses `server#share#subdir[#uuid]`), never parsed as a hanfs id. Its directory is:
+//!
+//! - NFS transport: `<server>:<share>/<subDir>`, `server`/`share` from the context (keys
+//!   case-insensitive), else the node's `--nfs-server`/`--nfs-share`.
+//! - Local transport: `<local-export-root>/<subDir>`. The export root *is* the one share
+//!   local mode serves, so `server` and `share` are checked like over NFS (a PV that is
+//!   malformed there is malformed here) but do not move the directory. The resolved
+//!   directory must lie strictly inside the export root after symlinks are resolved
+//!   ([`check_confined`]).
+//!
+//! `subDir` must be relative, without `.`/`..`/empty components (runs of `/` and a
+//! trailing `/` are normalized), without `,` `:` or control characters, at most
+//! [`MAX_SUB_DIR_LEN`] bytes ([`SubDir::parse`]). The handle must not start with `v1/`:
+//! NodeGetVolumeStats and NodeExpandVolume get no volume context, so the handle alone
+//! must tell a static volume from a hanfs one ([`is_hanfs_shaped`]).
 
-use hanfs_common::ids::VolumeDir;
+use hanfs_common::ids::{VolumeDir, VolumeId};
 use nix::mount::MsFlags;
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -19,6 +42,19 @@ use thiserror::Error;
 pub const CONTEXT_SERVER: &str = "server";
 /// Volume context key for the export path on the NFS server.
 pub const CONTEXT_SHARE: &str = "share";
+/// Volume context key of a static volume's directory below the share (csi-driver-nfs's).
+pub const CONTEXT_SUB_DIR: &str = "subDir";
+
+/// Longest `subDir` accepted; the whole `host:/share/subDir` must fit the page mount(2)
+/// copies its source into, with room for the share and server.
+pub const MAX_SUB_DIR_LEN: usize = 1024;
+/// Longest component of `subDir` (NAME_MAX).
+pub const MAX_SUB_DIR_COMPONENT_LEN: usize = 255;
+/// Longest static volume handle accepted. Longer than hanfs's own 128-byte ids, because a
+/// csi-driver-nfs handle embeds server, share and subDir.
+pub const MAX_STATIC_HANDLE_LEN: usize = 2048;
+/// The prefix of every hanfs volume id (`v1/<cluster>/<dir>`).
+const HANFS_ID_PREFIX: &str = "v1/";
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MountSpecError {
@@ -39,6 +75,274 @@ pub enum MountSpecError {
     /// The export path is not a clean absolute path.
     #[error("NFS share {0:?} must be an absolute path without '..', ',' or ':'")]
     BadShare(String),
+    /// A static volume's `subDir` that could escape the share or confuse the mount.
+    #[error("volume context subDir {shown:?} is not allowed: {reason}")]
+    BadSubDir { shown: String, reason: &'static str },
+    /// The same key twice, spelled differently, with different values.
+    #[error(
+        "volume context has both {first:?} and {second:?} with different values (keys are case-insensitive); keep one"
+    )]
+    AmbiguousContext { first: String, second: String },
+    /// A static volume's handle that cannot be used.
+    #[error("volume id {shown:?} cannot name a static volume: {reason}")]
+    BadStaticHandle { shown: String, reason: &'static str },
+    /// A static volume's directory that resolves (through a symlink) out of the export.
+    #[error(
+        "subDir {sub_dir:?} resolves to {} which is not inside the export root {}; symlinks must not lead out of the export",
+        resolved.display(),
+        root.display()
+    )]
+    OutsideExport {
+        sub_dir: String,
+        resolved: PathBuf,
+        root: PathBuf,
+    },
+}
+
+/// Shows at most 80 characters of untrusted input in an error message.
+fn shown(input: &str) -> String {
+    let mut s: String = input.chars().take(80).collect();
+    if s.len() < input.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// A static volume's directory below the share: relative, components joined by single
+/// `/`, none of them `.`, `..` or empty, safe to join to a share or an export root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubDir(String);
+
+impl SubDir {
+    /// Checks and normalizes a `subDir` from the volume context (see the module docs).
+    pub fn parse(raw: &str) -> Result<Self, MountSpecError> {
+        let bad = |reason| {
+            Err(MountSpecError::BadSubDir {
+                shown: shown(raw),
+                reason,
+            })
+        };
+        if raw.len() > MAX_SUB_DIR_LEN {
+            return bad("it is longer than 1024 bytes");
+        }
+        if raw.chars().any(char::is_control) {
+            return bad("it contains control characters");
+        }
+        if raw.contains(',') || raw.contains(':') {
+            return bad("',' and ':' would be misread in the mount source or options");
+        }
+        if raw.starts_with('/') {
+            return bad("it must be relative to the share (no leading '/')");
+        }
+        let mut parts = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                // Runs of '/' and a trailing '/' are normalized away.
+                "" => {}
+                "." | ".." => return bad("'.' and '..' components are not allowed"),
+                part if part.len() > MAX_SUB_DIR_COMPONENT_LEN => {
+                    return bad("a component is longer than 255 bytes");
+                }
+                part if part.trim().is_empty() => {
+                    return bad("a component is only whitespace");
+                }
+                part => parts.push(part),
+            }
+        }
+        if parts.is_empty() {
+            return bad("it is empty; name a directory below the share");
+        }
+        Ok(Self(parts.join("/")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubDir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<Path> for SubDir {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+/// Whether `volume_id` has the shape of a hanfs volume id, so it is parsed as one and
+/// never taken for a static volume's handle.
+pub fn is_hanfs_shaped(volume_id: &str) -> bool {
+    volume_id.starts_with(HANFS_ID_PREFIX)
+}
+
+/// A static volume's handle, as the PV's `volumeHandle` gives it: any string of at most
+/// [`MAX_STATIC_HANDLE_LEN`] bytes without control characters (so also no NUL) that does
+/// not look like a hanfs id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticHandle(String);
+
+impl StaticHandle {
+    pub fn parse(volume_id: &str) -> Result<Self, MountSpecError> {
+        let bad = |reason| {
+            Err(MountSpecError::BadStaticHandle {
+                shown: shown(volume_id),
+                reason,
+            })
+        };
+        if volume_id.is_empty() {
+            return bad("it is empty");
+        }
+        if volume_id.len() > MAX_STATIC_HANDLE_LEN {
+            return bad("it is longer than 2048 bytes");
+        }
+        if volume_id.chars().any(char::is_control) {
+            return bad("it contains control characters");
+        }
+        if is_hanfs_shaped(volume_id) {
+            return bad(
+                "ids starting with 'v1/' are hanfs volume ids; give the static PV another volumeHandle, e.g. <server>#<share>#<subDir>",
+            );
+        }
+        Ok(Self(volume_id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StaticHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A static volume: a directory below the share that existed before its PV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticVolume {
+    pub handle: StaticHandle,
+    pub sub_dir: SubDir,
+    /// The context's `server` (any key case), if it names one.
+    pub server: Option<String>,
+    /// The context's `share` (any key case), if it names one.
+    pub share: Option<String>,
+}
+
+/// The value of `key` in the volume context, the key matched case-insensitively; the
+/// same key spelled twice with different values is refused rather than picked at random.
+fn context_value<'a>(
+    context: &'a HashMap<String, String>,
+    key: &str,
+) -> Result<Option<&'a str>, MountSpecError> {
+    let mut found: Option<(&String, &String)> = None;
+    for (k, v) in context {
+        if !k.eq_ignore_ascii_case(key) {
+            continue;
+        }
+        match found {
+            Some((first, value)) if value != v => {
+                // Sorted, so the message does not depend on the map's order.
+                let (first, second) = if first < k { (first, k) } else { (k, first) };
+                return Err(MountSpecError::AmbiguousContext {
+                    first: first.clone(),
+                    second: second.clone(),
+                });
+            }
+            Some(_) => {}
+            None => found = Some((k, v)),
+        }
+    }
+    Ok(found.map(|(_, v)| v.as_str()))
+}
+
+/// The static volume a request names, if its context has `subDir`; `None` for a hanfs
+/// volume (the id is then parsed as `v1/<cluster>/<dir>` as before).
+pub fn static_volume(
+    volume_id: &str,
+    context: &HashMap<String, String>,
+) -> Result<Option<StaticVolume>, MountSpecError> {
+    let Some(sub_dir) = context_value(context, CONTEXT_SUB_DIR)? else {
+        return Ok(None);
+    };
+    let nonempty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_owned);
+    Ok(Some(StaticVolume {
+        handle: StaticHandle::parse(volume_id)?,
+        sub_dir: SubDir::parse(sub_dir)?,
+        server: nonempty(context_value(context, CONTEXT_SERVER)?),
+        share: nonempty(context_value(context, CONTEXT_SHARE)?),
+    }))
+}
+
+/// The volume a stage or publish names: a hanfs volume, or a static one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeRef {
+    Hanfs(VolumeId),
+    Static(StaticVolume),
+}
+
+impl VolumeRef {
+    /// Where the volume's directory is on the NFS server.
+    pub fn nfs_location(
+        &self,
+        volume_context: &HashMap<String, String>,
+        default_server: Option<&str>,
+        default_share: &str,
+    ) -> Result<NfsLocation, MountSpecError> {
+        match self {
+            VolumeRef::Hanfs(_) => nfs_location(volume_context, default_server, default_share),
+            VolumeRef::Static(v) => checked_location(
+                v.server.as_deref().or(default_server),
+                v.share.as_deref().unwrap_or(default_share),
+            ),
+        }
+    }
+
+    /// The volume's path on the server: `<share>/volumes/<dir>` or `<share>/<subDir>`.
+    pub fn nfs_path(&self, location: &NfsLocation) -> String {
+        match self {
+            VolumeRef::Hanfs(id) => location.volume_path(&id.dir),
+            VolumeRef::Static(v) => format!("{}/{}", location.share, v.sub_dir),
+        }
+    }
+
+    /// The volume's directory in local mode, before symlinks are resolved.
+    pub fn local_source(&self, export_root: &Path) -> PathBuf {
+        match self {
+            VolumeRef::Hanfs(id) => local_source(export_root, &id.dir),
+            VolumeRef::Static(v) => export_root.join(&v.sub_dir),
+        }
+    }
+}
+
+impl fmt::Display for VolumeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VolumeRef::Hanfs(id) => id.fmt(f),
+            VolumeRef::Static(v) => write!(f, "{} (subDir {})", v.handle, v.sub_dir),
+        }
+    }
+}
+
+/// Whether `resolved` (canonical) lies strictly inside `root` (canonical): a static
+/// volume's directory may not be the export itself (that would hand every volume to one
+/// PV) nor, through a symlink, anything outside it.
+pub fn check_confined(
+    root: &Path,
+    resolved: &Path,
+    sub_dir: &SubDir,
+) -> Result<(), MountSpecError> {
+    if resolved != root && resolved.starts_with(root) {
+        Ok(())
+    } else {
+        Err(MountSpecError::OutsideExport {
+            sub_dir: sub_dir.to_string(),
+            resolved: resolved.to_owned(),
+            root: root.to_owned(),
+        })
+    }
 }
 
 /// How the source reaches the target.
@@ -230,7 +534,8 @@ impl NfsLocation {
     }
 }
 
-/// The server and share for a volume: the volume context's, else the node's defaults.
+/// The server and share for a hanfs volume: the volume context's, else the node's
+/// defaults. The keys are matched exactly, as the controller writes them.
 pub fn nfs_location(
     volume_context: &HashMap<String, String>,
     default_server: Option<&str>,
@@ -242,11 +547,16 @@ pub fn nfs_location(
             .map(String::as_str)
             .filter(|v| !v.is_empty())
     };
-    let server = nonempty(CONTEXT_SERVER)
-        .or(default_server)
-        .ok_or(MountSpecError::NoServer)?;
-    let share = nonempty(CONTEXT_SHARE).unwrap_or(default_share);
+    checked_location(
+        nonempty(CONTEXT_SERVER).or(default_server),
+        nonempty(CONTEXT_SHARE).unwrap_or(default_share),
+    )
+}
 
+/// Checks a server (a host name or an address, IPv6 perhaps in brackets) and a share (a
+/// clean absolute path).
+fn checked_location(server: Option<&str>, share: &str) -> Result<NfsLocation, MountSpecError> {
+    let server = server.ok_or(MountSpecError::NoServer)?;
     let bare = server
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
@@ -260,22 +570,40 @@ pub fn nfs_location(
     if !host_ok {
         return Err(MountSpecError::BadServer(server.to_owned()));
     }
-
-    let share_ok = share.starts_with('/')
-        && !share.split('/').any(|part| part == "..")
-        && !share
-            .chars()
-            .any(|c| c == ',' || c == ':' || c.is_whitespace() || c.is_control());
-    if !share_ok {
-        return Err(MountSpecError::BadShare(share.to_owned()));
-    }
+    check_share(share)?;
     Ok(NfsLocation {
         server: bare.to_owned(),
         share: share.trim_end_matches('/').to_owned(),
     })
 }
 
-/// An NFSv4 mount of the volume from `location`, whose server resolved to `addr`.
+fn check_share(share: &str) -> Result<(), MountSpecError> {
+    let share_ok = share.starts_with('/')
+        && !share.split('/').any(|part| part == "..")
+        && !share
+            .chars()
+            .any(|c| c == ',' || c == ':' || c.is_whitespace() || c.is_control());
+    if share_ok {
+        Ok(())
+    } else {
+        Err(MountSpecError::BadShare(share.to_owned()))
+    }
+}
+
+/// Local transport: a static volume's `server` and `share` do not move its directory (the
+/// export root is the one share), but are held to the rules they meet over NFS.
+pub fn check_static_location_syntax(volume: &StaticVolume) -> Result<(), MountSpecError> {
+    if let Some(server) = &volume.server {
+        checked_location(Some(server), "/")?;
+    }
+    if let Some(share) = &volume.share {
+        check_share(share)?;
+    }
+    Ok(())
+}
+
+/// An NFSv4 mount of `path` (see [`VolumeRef::nfs_path`]) from `location`, whose server
+/// resolved to `addr`.
 ///
 /// `base_options` are the node's (trusted, checked at start); `mount_flags` override
 /// same-named ones. A raw mount(2) of `nfs4` needs `addr=`: mount.nfs normally adds it,
@@ -288,7 +616,7 @@ pub fn nfs_location(
 pub fn nfs(
     location: &NfsLocation,
     addr: IpAddr,
-    dir: &VolumeDir,
+    path: &str,
     base_options: &[String],
     mount_flags: &[String],
     readonly: bool,
@@ -317,7 +645,7 @@ pub fn nfs(
         _ => location.server.clone(),
     };
     Ok(MountSpec {
-        source: format!("{host}:{}", location.volume_path(dir)),
+        source: format!("{host}:{path}"),
         kind: MountKind::Nfs4 {
             data: options.join(","),
         },
@@ -338,6 +666,10 @@ mod tests {
 
     fn dir() -> VolumeDir {
         VolumeDir::parse("pvc-1").unwrap()
+    }
+
+    fn vol_path() -> String {
+        location().volume_path(&dir())
     }
 
     fn strings(items: &[&str]) -> Vec<String> {
@@ -389,7 +721,7 @@ mod tests {
     #[test]
     fn nfs_defaults_and_addr() {
         let ip = "10.0.0.100".parse().unwrap();
-        let spec = nfs(&location(), ip, &dir(), &defaults(), &[], false).unwrap();
+        let spec = nfs(&location(), ip, &vol_path(), &defaults(), &[], false).unwrap();
         assert_eq!(spec.source, "10.0.0.100:/export/volumes/pvc-1");
         assert_eq!(spec.fs_type(), Some("nfs4"));
         assert_eq!(
@@ -412,7 +744,7 @@ mod tests {
             "nconnect=4",
             "nofail",
         ]);
-        let spec = nfs(&location(), ip, &dir(), &defaults(), &user, false).unwrap();
+        let spec = nfs(&location(), ip, &vol_path(), &defaults(), &user, false).unwrap();
         assert_eq!(
             data(&spec),
             "proto=tcp,retrans=2,nfsvers=4.1,soft,timeo=600,resvport,nconnect=4,addr=10.0.0.100"
@@ -427,7 +759,7 @@ mod tests {
         let spec = nfs(
             &location(),
             ip,
-            &dir(),
+            &vol_path(),
             &defaults(),
             &strings(&["rw"]),
             true,
@@ -451,7 +783,7 @@ mod tests {
             let err = nfs(
                 &location(),
                 ip,
-                &dir(),
+                &vol_path(),
                 &defaults(),
                 &strings(&[bad]),
                 false,
@@ -469,7 +801,7 @@ mod tests {
         let err = nfs(
             &location(),
             ip,
-            &dir(),
+            &vol_path(),
             &defaults(),
             &strings(&["addr=6.6.6.6"]),
             false,
@@ -520,7 +852,7 @@ mod tests {
         let context: HashMap<String, String> = [("server".into(), "[fd00::5]".into())].into();
         let loc = nfs_location(&context, None, "/export").unwrap();
         let ip = loc.server_ip().unwrap();
-        let spec = nfs(&loc, ip, &dir(), &defaults(), &[], false).unwrap();
+        let spec = nfs(&loc, ip, &loc.volume_path(&dir()), &defaults(), &[], false).unwrap();
         assert_eq!(spec.source, "[fd00::5]:/export/volumes/pvc-1");
         assert!(data(&spec).ends_with(",addr=fd00::5"));
         assert_eq!(nfs_source_path(&spec.source), Some("/export/volumes/pvc-1"));
@@ -534,5 +866,259 @@ mod tests {
             assert_eq!(flag_names(flag), vec![*name]);
         }
         assert_eq!(flag_from_name("rw"), None);
+    }
+
+    fn context(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn static_of(pairs: &[(&str, &str)]) -> StaticVolume {
+        static_volume("10.0.0.100#/export#legacy", &context(pairs))
+            .unwrap()
+            .expect("a subDir makes the volume static")
+    }
+
+    #[test]
+    fn sub_dirs_are_normalized() {
+        for (raw, clean) in [
+            ("legacy", "legacy"),
+            ("volumes/legacy-data", "volumes/legacy-data"),
+            ("a//b///c", "a/b/c"),
+            ("a/b/", "a/b"),
+            ("with space/ü", "with space/ü"),
+            ("..hidden/x..y", "..hidden/x..y"),
+        ] {
+            assert_eq!(SubDir::parse(raw).unwrap().as_str(), clean, "{raw:?}");
+        }
+        let longest = [
+            "a".repeat(255),
+            "b".repeat(255),
+            "c".repeat(255),
+            "d".repeat(256),
+        ]
+        .join("/");
+        assert_eq!(longest.len(), MAX_SUB_DIR_LEN);
+        assert!(SubDir::parse(&longest).is_err(), "a 256-byte component");
+        let longest = [
+            "a".repeat(255),
+            "b".repeat(255),
+            "c".repeat(255),
+            "d".repeat(255),
+        ]
+        .join("/")
+            + "/";
+        assert_eq!(SubDir::parse(&longest).unwrap().as_str().len(), 1023);
+    }
+
+    #[test]
+    fn sub_dirs_that_could_escape_or_confuse_are_refused() {
+        for (raw, why) in [
+            ("../etc", "'..'"),
+            ("a/../../b", "'..'"),
+            ("a/..", "'..'"),
+            ("..", "'..'"),
+            ("./a", "'.'"),
+            ("a/./b", "'.'"),
+            ("/etc", "relative"),
+            ("//etc", "relative"),
+            ("", "empty"),
+            ("/", "relative"),
+            ("///", "relative"),
+            ("a,b", "','"),
+            ("a:b", "':'"),
+            ("a\0b", "control"),
+            ("a\nb", "control"),
+            ("a\tb", "control"),
+            ("a/\u{7f}", "control"),
+            ("a/ /b", "whitespace"),
+        ] {
+            let err = SubDir::parse(raw).unwrap_err();
+            assert!(
+                matches!(err, MountSpecError::BadSubDir { .. }) && err.to_string().contains(why),
+                "{raw:?}: {err}"
+            );
+        }
+        let long = "a/".repeat(600);
+        let err = SubDir::parse(&long).unwrap_err();
+        assert!(err.to_string().contains("1024"), "{err}");
+        // The message shows a bounded prefix of the input, not all of it.
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn only_a_sub_dir_makes_a_volume_static() {
+        assert_eq!(
+            static_volume("v1/c/pvc-1", &context(&[("server", "h"), ("share", "/x")])),
+            Ok(None)
+        );
+        for key in ["subDir", "subdir", "SUBDIR", "SubDir"] {
+            let v = static_volume("any-handle", &context(&[(key, "volumes/a")]))
+                .unwrap()
+                .unwrap();
+            assert_eq!(v.sub_dir.as_str(), "volumes/a", "{key}");
+            assert_eq!(v.handle.as_str(), "any-handle");
+            assert_eq!((v.server, v.share), (None, None));
+        }
+        let v = static_of(&[
+            ("Server", "10.0.0.100"),
+            ("SHARE", "/export"),
+            ("subDir", "volumes/legacy-data"),
+        ]);
+        assert_eq!(v.server.as_deref(), Some("10.0.0.100"));
+        assert_eq!(v.share.as_deref(), Some("/export"));
+        // An empty subDir is a static volume with a bad subDir, not a hanfs volume.
+        assert!(matches!(
+            static_volume("h", &context(&[("subDir", "")])),
+            Err(MountSpecError::BadSubDir { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_spelled_twice_must_agree() {
+        let err = static_volume("h", &context(&[("subDir", "a"), ("subdir", "b")])).unwrap_err();
+        assert_eq!(
+            err,
+            MountSpecError::AmbiguousContext {
+                first: "subDir".into(),
+                second: "subdir".into()
+            }
+        );
+        let err = static_volume(
+            "h",
+            &context(&[("subDir", "a"), ("server", "x"), ("SERVER", "y")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("case-insensitive"), "{err}");
+        let same = static_volume("h", &context(&[("subDir", "a"), ("subdir", "a")]));
+        assert_eq!(same.unwrap().unwrap().sub_dir.as_str(), "a");
+    }
+
+    #[test]
+    fn static_handles_are_bounded_printable_and_not_hanfs_ids() {
+        let ctx = context(&[("subDir", "a")]);
+        for ok in [
+            "10.0.0.100#/export#legacy-data",
+            "nfs-server.default.svc.cluster.local/share##",
+            "s1/c/snap",
+            "v1",
+            "uuid-0b1c",
+        ] {
+            assert!(static_volume(ok, &ctx).is_ok(), "{ok:?}");
+        }
+        assert!(static_volume(&"x".repeat(MAX_STATIC_HANDLE_LEN), &ctx).is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("a\0b", "control"),
+            ("a\nb", "control"),
+            ("v1/c/pvc-1", "v1/"),
+            ("v1/other/x", "v1/"),
+        ] {
+            let err = static_volume(bad, &ctx).unwrap_err();
+            assert!(
+                matches!(err, MountSpecError::BadStaticHandle { .. })
+                    && err.to_string().contains(why),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = static_volume(&"x".repeat(MAX_STATIC_HANDLE_LEN + 1), &ctx).unwrap_err();
+        assert!(err.to_string().contains("2048"), "{err}");
+        assert!(is_hanfs_shaped("v1/c/d") && !is_hanfs_shaped("10.0.0.1#/e#d"));
+    }
+
+    #[test]
+    fn static_volumes_mount_share_and_sub_dir() {
+        let volume = VolumeRef::Static(static_of(&[
+            ("server", "10.0.0.100"),
+            ("share", "/export/"),
+            ("subDir", "volumes//legacy-data/"),
+        ]));
+        let loc = volume
+            .nfs_location(&HashMap::new(), Some("10.9.9.9"), "/other")
+            .unwrap();
+        assert_eq!(loc, location());
+        let path = volume.nfs_path(&loc);
+        assert_eq!(path, "/export/volumes/legacy-data");
+        let ip = loc.server_ip().unwrap();
+        let spec = nfs(&loc, ip, &path, &defaults(), &[], false).unwrap();
+        assert_eq!(spec.source, "10.0.0.100:/export/volumes/legacy-data");
+        assert_eq!(
+            volume.local_source(Path::new("/srv/export")),
+            Path::new("/srv/export/volumes/legacy-data")
+        );
+        assert!(volume.to_string().contains("10.0.0.100#/export#legacy"));
+
+        // Without server/share in the context, the node's defaults.
+        let volume = VolumeRef::Static(static_of(&[("subDir", "legacy")]));
+        let loc = volume
+            .nfs_location(&HashMap::new(), Some("vip.example"), "/export")
+            .unwrap();
+        assert_eq!(volume.nfs_path(&loc), "/export/legacy");
+        assert_eq!(
+            volume.nfs_location(&HashMap::new(), None, "/export"),
+            Err(MountSpecError::NoServer)
+        );
+
+        // A static volume's server and share are checked like a hanfs volume's.
+        let volume = VolumeRef::Static(static_of(&[("subDir", "a"), ("share", "/a/../b")]));
+        assert!(matches!(
+            volume.nfs_location(&HashMap::new(), Some("h"), "/export"),
+            Err(MountSpecError::BadShare(_))
+        ));
+        let VolumeRef::Static(v) = &volume else {
+            unreachable!()
+        };
+        assert!(check_static_location_syntax(v).is_err());
+        assert!(
+            check_static_location_syntax(&static_of(&[("subDir", "a"), ("server", "a,b")]))
+                .is_err()
+        );
+        assert!(
+            check_static_location_syntax(&static_of(&[
+                ("subDir", "a"),
+                ("server", "[fd00::5]"),
+                ("share", "/export")
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn hanfs_volumes_keep_their_paths() {
+        let volume = VolumeRef::Hanfs(VolumeId::new(
+            hanfs_common::ids::ClusterId::parse("c").unwrap(),
+            dir(),
+        ));
+        let ctx = context(&[("server", "10.0.0.100"), ("share", "/export")]);
+        let loc = volume.nfs_location(&ctx, None, "/x").unwrap();
+        assert_eq!(volume.nfs_path(&loc), "/export/volumes/pvc-1");
+        assert_eq!(
+            volume.local_source(Path::new("/srv")),
+            Path::new("/srv/volumes/pvc-1")
+        );
+        assert_eq!(volume.to_string(), "v1/c/pvc-1");
+        // Keys of hanfs volumes' contexts stay exact: the controller writes them.
+        let ctx = context(&[("SERVER", "10.0.0.100")]);
+        assert_eq!(
+            volume.nfs_location(&ctx, None, "/x"),
+            Err(MountSpecError::NoServer)
+        );
+    }
+
+    #[test]
+    fn confinement_is_strictly_inside_the_root() {
+        let sub = SubDir::parse("a").unwrap();
+        let root = Path::new("/srv/export");
+        assert!(check_confined(root, Path::new("/srv/export/a"), &sub).is_ok());
+        assert!(check_confined(root, Path::new("/srv/export/volumes/x/y"), &sub).is_ok());
+        for escaped in ["/srv/export", "/srv/exported", "/srv", "/etc", "/"] {
+            let err = check_confined(root, Path::new(escaped), &sub).unwrap_err();
+            assert!(
+                matches!(err, MountSpecError::OutsideExport { .. }),
+                "{escaped}: {err}"
+            );
+        }
     }
 }

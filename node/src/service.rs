@@ -5,10 +5,14 @@
 //! plugin picks up where the last one left off. Syscalls that touch a mount path run in
 //! the helper (see [`crate::syscall_helper`]); this module only stats, creates and
 //! removes target directories in-process once mountinfo shows nothing is mounted there.
+//!
+//! Stage and publish get the volume context, so they know a static volume's directory
+//! (see [`crate::mount_spec`]); NodeGetVolumeStats and NodeExpandVolume get only the id,
+//! so for a static handle they accept any mount of this node's export at the path.
 
 use crate::config::{NodeConfig, Transport};
 use crate::error::NodeError;
-use crate::mount_spec::{self, MountSpec};
+use crate::mount_spec::{self, MountSpec, StaticHandle, VolumeRef};
 use crate::stats;
 use crate::syscall_helper::Helper;
 use crate::target_path;
@@ -47,6 +51,26 @@ impl Drop for Claim {
     fn drop(&mut self) {
         if let Ok(mut set) = self.in_flight.lock() {
             set.remove(&self.target);
+        }
+    }
+}
+
+/// Which mounts found in mountinfo count as a volume's.
+#[derive(Clone, Copy)]
+enum Identity<'a> {
+    /// Exactly this volume's directory (stage and publish know it from the context).
+    Exact(&'a VolumeRef),
+    /// A static volume known only by its handle: CSI sends no volume context with
+    /// NodeGetVolumeStats or NodeExpandVolume, so any mount of this node's export (NFS
+    /// transport: any NFS mount) counts. Kubelet only asks about paths it published.
+    AnyStatic(&'a StaticHandle),
+}
+
+impl std::fmt::Display for Identity<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Exact(volume) => volume.fmt(f),
+            Identity::AnyStatic(handle) => handle.fmt(f),
         }
     }
 }
@@ -117,6 +141,22 @@ impl NodeService {
         }
     }
 
+    /// The volume a stage or publish names: static when the context has `subDir`, else a
+    /// hanfs id of this cluster (exactly as before static volumes existed).
+    fn volume_of(
+        &self,
+        volume_id: &str,
+        context: &HashMap<String, String>,
+    ) -> Result<VolumeRef, NodeError> {
+        match mount_spec::static_volume(volume_id, context)? {
+            Some(volume) => Ok(VolumeRef::Static(volume)),
+            None => Ok(VolumeRef::Hanfs(VolumeId::parse(
+                volume_id,
+                &self.config.cluster_id,
+            )?)),
+        }
+    }
+
     fn claim(&self, target: &Path) -> Result<Claim, NodeError> {
         let mut set = self
             .in_flight
@@ -151,29 +191,18 @@ impl NodeService {
         .flatten()
     }
 
-    /// What to mount for `id`; checks that a local source exists and resolves the NFS
-    /// server's address.
+    /// What to mount for `volume`; checks that a local source exists (and, for a static
+    /// volume, stays inside the export root) and resolves the NFS server's address.
     async fn mount_spec(
         &self,
-        id: &VolumeId,
+        volume: &VolumeRef,
         volume_context: &HashMap<String, String>,
         mount_flags: &[String],
         readonly: bool,
     ) -> Result<MountSpec, NodeError> {
         match &self.config.transport {
             Transport::Local { export_root } => {
-                let source = mount_spec::local_source(export_root, &id.dir);
-                let checked = source.clone();
-                let canonical = blocking("checking the volume directory", move || {
-                    existing_dir(&checked)
-                })
-                .await?;
-                let Some(source) = canonical else {
-                    return Err(NodeError::VolumeMissing {
-                        volume: id.to_string(),
-                        path: source,
-                    });
-                };
+                let source = self.local_source(volume, export_root).await?;
                 Ok(mount_spec::local(&source, mount_flags, readonly)?)
             }
             Transport::Nfs {
@@ -181,7 +210,7 @@ impl NodeService {
                 default_share,
                 options,
             } => {
-                let location = mount_spec::nfs_location(
+                let location = volume.nfs_location(
                     volume_context,
                     default_server.as_deref(),
                     default_share,
@@ -193,13 +222,49 @@ impl NodeService {
                 Ok(mount_spec::nfs(
                     &location,
                     addr,
-                    &id.dir,
+                    &volume.nfs_path(&location),
                     options,
                     mount_flags,
                     readonly,
                 )?)
             }
         }
+    }
+
+    /// The canonical local directory of `volume`; a static volume's must resolve to a
+    /// directory strictly inside the (canonical) export root.
+    async fn local_source(
+        &self,
+        volume: &VolumeRef,
+        export_root: &Path,
+    ) -> Result<PathBuf, NodeError> {
+        if let VolumeRef::Static(v) = volume {
+            mount_spec::check_static_location_syntax(v)?;
+        }
+        let source = volume.local_source(export_root);
+        let checked = source.clone();
+        let canonical = blocking("checking the volume directory", move || {
+            existing_dir(&checked)
+        })
+        .await?;
+        let Some(canonical) = canonical else {
+            return Err(NodeError::VolumeMissing {
+                volume: volume.to_string(),
+                path: source,
+            });
+        };
+        if let VolumeRef::Static(v) = volume {
+            let root = export_root.to_owned();
+            let canonical_root = blocking("resolving the export root", move || {
+                std::fs::canonicalize(&root).map_err(NodeError::io(format!(
+                    "resolving the export root {}",
+                    root.display()
+                )))
+            })
+            .await?;
+            mount_spec::check_confined(&canonical_root, &canonical, &v.sub_dir)?;
+        }
+        Ok(canonical)
     }
 
     async fn resolve(&self, server: &str) -> Result<IpAddr, NodeError> {
@@ -218,39 +283,67 @@ impl NodeService {
             .ok_or_else(|| err("no addresses".into()))
     }
 
-    /// Whether `mounted` is a mount of volume `id` (any access mode).
+    /// Whether `mounted` is a mount of the volume (any access mode).
     ///
-    /// Bind mounts are traced to their source through device and root. For NFS only the
-    /// path's tail `/volumes/<dir>` is compared: the kernel may show the server by name
-    /// or address, and outside publish the share is not known.
-    fn is_mount_of(&self, table: &[MountInfo], mounted: &MountInfo, id: &VolumeId) -> bool {
-        match &self.config.transport {
-            Transport::Local { export_root } => {
-                let source = mount_spec::local_source(export_root, &id.dir);
+    /// Bind mounts are traced to their source through device and root. For NFS a hanfs
+    /// volume's path is compared by its tail `/volumes/<dir>` only: the kernel may show
+    /// the server by name or address, and outside publish the share is not known. A static
+    /// volume's whole path `<share>/<subDir>` is compared, as its tail says little.
+    fn is_mount_of(&self, table: &[MountInfo], mounted: &MountInfo, identity: Identity) -> bool {
+        match (&self.config.transport, identity) {
+            (Transport::Local { export_root }, Identity::Exact(volume)) => {
+                let source = volume.local_source(export_root);
                 let source = std::fs::canonicalize(&source).unwrap_or(source);
                 mountinfo::origin_of(table, &source).is_some_and(|(device, root)| {
                     mounted.device() == device && mounted.root == root
                 })
             }
-            Transport::Nfs { .. } => {
+            (Transport::Local { export_root }, Identity::AnyStatic(_)) => {
+                let root = std::fs::canonicalize(export_root).unwrap_or(export_root.clone());
+                mountinfo::origin_of(table, &root).is_some_and(|(device, root)| {
+                    mounted.device() == device
+                        && mounted.root != root
+                        && mounted.root.starts_with(&root)
+                })
+            }
+            (Transport::Nfs { .. }, Identity::Exact(VolumeRef::Hanfs(id))) => {
                 mounted.is_nfs()
                     && mount_spec::nfs_source_path(&mounted.source).is_some_and(|path| {
                         Path::new(path).ends_with(Path::new("volumes").join(&id.dir))
                     })
             }
+            (
+                Transport::Nfs {
+                    default_server,
+                    default_share,
+                    ..
+                },
+                Identity::Exact(volume @ VolumeRef::Static(_)),
+            ) => {
+                let Ok(location) =
+                    volume.nfs_location(&HashMap::new(), default_server.as_deref(), default_share)
+                else {
+                    return false;
+                };
+                let wanted = volume.nfs_path(&location);
+                mounted.is_nfs()
+                    && mount_spec::nfs_source_path(&mounted.source)
+                        .is_some_and(|path| Path::new(path) == Path::new(&wanted))
+            }
+            (Transport::Nfs { .. }, Identity::AnyStatic(_)) => mounted.is_nfs(),
         }
     }
 
-    /// The canonical path of a mount of `id` at `path`, or NOT_FOUND.
-    async fn find_mount(&self, id: &VolumeId, path: &str) -> Result<PathBuf, NodeError> {
+    /// The canonical path of a mount of the volume at `path`, or NOT_FOUND.
+    async fn find_mount(&self, identity: Identity<'_>, path: &str) -> Result<PathBuf, NodeError> {
         let not_mounted = || NodeError::NotMounted {
-            volume: id.to_string(),
+            volume: identity.to_string(),
             path: path.to_owned(),
         };
         let canonical = self.lookup_path(path).await.ok_or_else(not_mounted)?;
         let table = read_mounts()?;
         match mountinfo::topmost_at(&table, &canonical) {
-            Some(mounted) if self.is_mount_of(&table, mounted, id) => Ok(canonical),
+            Some(mounted) if self.is_mount_of(&table, mounted, identity) => Ok(canonical),
             _ => Err(not_mounted()),
         }
     }
@@ -266,25 +359,25 @@ impl NodeService {
             .as_ref()
             .ok_or(NodeError::Missing("volume_capability"))?;
         let mount_flags = mount_flags_of(capability)?;
-        let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
+        let volume = self.volume_of(volume_id, &req.volume_context)?;
         let target = self.resolve_target("target_path", target).await?;
         let _claim = self.claim(&target)?;
         let spec = if req.staging_target_path.is_empty() {
             // Published without staging (e.g. by hanfsctl): mount the volume itself.
-            self.mount_spec(&id, &req.volume_context, mount_flags, req.readonly)
+            self.mount_spec(&volume, &req.volume_context, mount_flags, req.readonly)
                 .await?
         } else {
             // Staged: every pod gets a bind mount of the node's one mount of the volume.
             let staged = self
-                .find_mount(&id, &req.staging_target_path)
+                .find_mount(Identity::Exact(&volume), &req.staging_target_path)
                 .await
                 .map_err(|_| NodeError::NotStaged {
-                    volume: id.to_string(),
+                    volume: volume.to_string(),
                     path: req.staging_target_path.clone(),
                 })?;
             mount_spec::local(&staged, mount_flags, req.readonly)?
         };
-        self.mount_at(&id, &spec, &target).await?;
+        self.mount_at(&volume, &spec, &target).await?;
         Ok(NodePublishVolumeResponse {})
     }
 
@@ -302,13 +395,13 @@ impl NodeService {
             .as_ref()
             .ok_or(NodeError::Missing("volume_capability"))?;
         let mount_flags = mount_flags_of(capability)?;
-        let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
+        let volume = self.volume_of(volume_id, &req.volume_context)?;
         let staging = self.resolve_target("staging_target_path", staging).await?;
         let _claim = self.claim(&staging)?;
         let spec = self
-            .mount_spec(&id, &req.volume_context, mount_flags, false)
+            .mount_spec(&volume, &req.volume_context, mount_flags, false)
             .await?;
-        self.mount_at(&id, &spec, &staging).await?;
+        self.mount_at(&volume, &spec, &staging).await?;
         Ok(NodeStageVolumeResponse {})
     }
 
@@ -337,7 +430,7 @@ impl NodeService {
     /// ALREADY_EXISTS. Creates the directory if needed and undoes everything on failure.
     async fn mount_at(
         &self,
-        id: &VolumeId,
+        volume: &VolumeRef,
         spec: &MountSpec,
         target: &Path,
     ) -> Result<(), NodeError> {
@@ -346,11 +439,11 @@ impl NodeService {
         }
         let table = read_mounts()?;
         if let Some(mounted) = mountinfo::topmost_at(&table, target) {
-            if !self.is_mount_of(&table, mounted, id) {
+            if !self.is_mount_of(&table, mounted, Identity::Exact(volume)) {
                 return Err(NodeError::MountedDifferently {
                     target: target.to_owned(),
                     detail: format!(
-                        "{} ({}) is mounted there, not {id}",
+                        "{} ({}) is mounted there, not {volume}",
                         mounted.source,
                         mounted.root.display()
                     ),
@@ -364,7 +457,7 @@ impl NodeService {
                 };
                 return Err(NodeError::MountedDifferently {
                     target: target.to_owned(),
-                    detail: format!("{id} is mounted {is}, but {wanted} was asked for"),
+                    detail: format!("{volume} is mounted {is}, but {wanted} was asked for"),
                 });
             }
             tracing::info!("already mounted");
@@ -382,7 +475,40 @@ impl NodeService {
             self.roll_back(target, created).await;
             return Err(err.into());
         }
-        Ok(())
+        self.check_still_confined(volume, spec, target, created)
+            .await
+    }
+
+    /// Local transport, static volume: the source was resolved and checked before the
+    /// mount, but whoever can write below the export could have swapped a directory of
+    /// `subDir` for a symlink since. The mount that was made is checked against the
+    /// export (by device and root, as mountinfo shows it) and undone if it is outside.
+    async fn check_still_confined(
+        &self,
+        volume: &VolumeRef,
+        spec: &MountSpec,
+        target: &Path,
+        created: bool,
+    ) -> Result<(), NodeError> {
+        let (Transport::Local { export_root }, VolumeRef::Static(v)) =
+            (&self.config.transport, volume)
+        else {
+            return Ok(());
+        };
+        let table = read_mounts()?;
+        let inside = mountinfo::topmost_at(&table, target).is_some_and(|mounted| {
+            self.is_mount_of(&table, mounted, Identity::AnyStatic(&v.handle))
+        });
+        if inside {
+            return Ok(());
+        }
+        self.roll_back(target, created).await;
+        Err(mount_spec::MountSpecError::OutsideExport {
+            sub_dir: v.sub_dir.to_string(),
+            resolved: PathBuf::from(&spec.source),
+            root: export_root.clone(),
+        }
+        .into())
     }
 
     /// After a failed mount: undo whatever did get mounted (a mount that completed just
@@ -446,9 +572,15 @@ impl NodeService {
     ) -> Result<NodeGetVolumeStatsResponse, NodeError> {
         let volume_id = required("volume_id", &req.volume_id)?;
         let path = required("volume_path", &req.volume_path)?;
-        let id = VolumeId::parse(volume_id, &self.config.cluster_id)
-            .map_err(NodeError::UnknownVolume)?;
-        let path = self.find_mount(&id, path).await?;
+        let path = if mount_spec::is_hanfs_shaped(volume_id) {
+            let id = VolumeId::parse(volume_id, &self.config.cluster_id)
+                .map_err(NodeError::UnknownVolume)?;
+            self.find_mount(Identity::Exact(&VolumeRef::Hanfs(id)), path)
+                .await?
+        } else {
+            let handle = StaticHandle::parse(volume_id)?;
+            self.find_mount(Identity::AnyStatic(&handle), path).await?
+        };
         let timeout = self.config.stats_timeout;
         let (usage, condition) = match self.helper.statfs(&path, timeout).await {
             Ok(fs) => (stats::usage_of(&fs), stats::healthy()),
@@ -479,8 +611,14 @@ impl NodeService {
         {
             return Err(NodeError::BlockAccess);
         }
-        let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
-        self.find_mount(&id, path).await?;
+        if mount_spec::is_hanfs_shaped(volume_id) {
+            let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
+            self.find_mount(Identity::Exact(&VolumeRef::Hanfs(id)), path)
+                .await?;
+        } else {
+            let handle = StaticHandle::parse(volume_id)?;
+            self.find_mount(Identity::AnyStatic(&handle), path).await?;
+        }
         // An NFS directory grows with its quota on the server; nothing to do here.
         Ok(NodeExpandVolumeResponse {
             capacity_bytes: req.capacity_range.map(|r| r.required_bytes).unwrap_or(0),
