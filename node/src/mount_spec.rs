@@ -24,9 +24,10 @@
 //!   directory must lie strictly inside the export root after symlinks are resolved
 //!   ([`check_confined`]).
 //!
-//! `subDir` must be relative, without `.`/`..`/empty components (runs of `/` and a
-//! trailing `/` are normalized), without `,` `:` or control characters, at most
-//! [`MAX_SUB_DIR_LEN`] bytes ([`SubDir::parse`]). The handle must not start with `v1/`:
+//! `subDir` must be relative (no leading `/`), name at least one directory, have no `.`,
+//! `..` or whitespace-only components (runs of `/` and a trailing `/` are normalized
+//! away), no `,` `:` or control characters, components of at most 255 bytes and at most
+//! [`MAX_SUB_DIR_LEN`] bytes in all ([`SubDir::parse`]). The handle must not start with `v1/`:
 //! NodeGetVolumeStats and NodeExpandVolume get no volume context, so the handle alone
 //! must tell a static volume from a hanfs one ([`is_hanfs_shaped`]).
 
