@@ -59,10 +59,27 @@ pub enum SnapshotCommand {
     List,
 }
 
-fn key_value(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{text:?} is not key=value"))
+/// `key=value` (the value may contain further `=`, the key may not be empty).
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("", _)) => Err(format!("{text:?} has an empty key")),
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+/// The volume context from `--context` entries; a key given twice is refused rather than
+/// one of its values silently dropped.
+fn volume_context(entries: Vec<(String, String)>) -> Result<HashMap<String, String>, Error> {
+    let mut context = HashMap::new();
+    for (key, value) in entries {
+        if let Some(first) = context.insert(key.clone(), value.clone())
+            && first != value
+        {
+            return Err(format!("--context {key} given twice ({first:?} and {value:?})").into());
+        }
+    }
+    Ok(context)
 }
 
 fn channel(endpoint: &Endpoint) -> Result<Channel, Error> {
@@ -260,7 +277,9 @@ pub async fn publish(
     target: &Path,
     readonly: bool,
     staging: Option<&Path>,
+    context: Vec<(String, String)>,
 ) -> Result<(), Error> {
+    let volume_context = volume_context(context)?;
     let mut node = NodeClient::new(channel(&sockets.node)?);
     let staging_target_path = match staging {
         Some(staging) => {
@@ -269,6 +288,7 @@ pub async fn publish(
                 volume_id: volume_id.to_owned(),
                 staging_target_path: staging.clone(),
                 volume_capability: Some(capability()),
+                volume_context: volume_context.clone(),
                 ..Default::default()
             })
             .await
@@ -284,6 +304,7 @@ pub async fn publish(
         target_path: absolute(target)?,
         volume_capability: Some(capability()),
         readonly,
+        volume_context,
         ..Default::default()
     })
     .await
@@ -398,4 +419,64 @@ fn absolute(path: &Path) -> Result<String, Error> {
     path.to_str()
         .map(str::to_owned)
         .ok_or_else(|| "target path is not UTF-8".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_split_at_the_first_equals_sign() {
+        assert_eq!(key_value("subDir=a/b"), Ok(("subDir".into(), "a/b".into())));
+        assert_eq!(key_value("k=a=b"), Ok(("k".into(), "a=b".into())));
+        assert_eq!(key_value("k="), Ok(("k".into(), String::new())));
+        assert!(key_value("k").unwrap_err().contains("key=value"));
+        assert!(key_value("=v").unwrap_err().contains("empty key"));
+    }
+
+    #[test]
+    fn a_context_key_given_twice_must_agree() {
+        let entries = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let context = volume_context(entries(&[
+            ("server", "10.0.0.100"),
+            ("subDir", "a"),
+            ("subDir", "a"),
+        ]))
+        .unwrap();
+        assert_eq!(context.len(), 2);
+        assert_eq!(context["subDir"], "a");
+        let err = volume_context(entries(&[("subDir", "a"), ("subDir", "b")])).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn publish_takes_repeated_context_flags() {
+        use clap::Parser;
+        // The same parser the CLI uses for --context, on a minimal command.
+        #[derive(Parser)]
+        struct Args {
+            #[arg(long = "context", value_parser = key_value)]
+            context: Vec<(String, String)>,
+        }
+        let args = Args::try_parse_from([
+            "x",
+            "--context",
+            "server=10.0.0.100",
+            "--context=subDir=volumes/legacy-data",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.context,
+            vec![
+                ("server".to_owned(), "10.0.0.100".to_owned()),
+                ("subDir".to_owned(), "volumes/legacy-data".to_owned())
+            ]
+        );
+        assert!(Args::try_parse_from(["x", "--context", "novalue"]).is_err());
+    }
 }

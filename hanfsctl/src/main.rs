@@ -64,6 +64,11 @@ enum Command {
         /// a bind mount of it.
         #[arg(long)]
         staging: Option<PathBuf>,
+        /// Volume context entry, key=value (repeatable), sent with NodeStageVolume and
+        /// NodePublishVolume as kubelet sends a PV's `volumeAttributes`; e.g. a static
+        /// PV: --context server=10.0.0.100 --context share=/export --context subDir=data.
+        #[arg(long = "context", value_name = "KEY=VALUE", value_parser = calls::key_value)]
+        context: Vec<(String, String)>,
     },
     /// Unmount it again (CSI NodeUnpublishVolume; NodeUnstageVolume with --staging).
     Unpublish {
@@ -111,7 +116,18 @@ async fn main() {
             target,
             readonly,
             staging,
-        } => calls::publish(&sockets, &volume_id, &target, readonly, staging.as_deref()).await,
+            context,
+        } => {
+            calls::publish(
+                &sockets,
+                &volume_id,
+                &target,
+                readonly,
+                staging.as_deref(),
+                context,
+            )
+            .await
+        }
         Command::Unpublish {
             volume_id,
             target,
