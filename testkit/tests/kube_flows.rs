@@ -907,21 +907,22 @@ fn flow_delete(c: &Cluster) -> Outcome {
     Ok(shown.join("; "))
 }
 
-const LEGACY_DIR: &str = "legacy-data";
+const LEGACY_DIR: &str = "volumes/legacy-data";
 
-/// (g) A static PV in the csi-driver-nfs style (`server`, `share`, `subDir` attributes)
-/// for a directory that already exists binds to its PVC; the NodePublishVolume kubelet
-/// would make with that PV's handle shows the directory's content at the target.
+/// (g) A static PV in the csi-driver-nfs style (a `server#share#subDir` handle and
+/// `server`, `share`, `subDir` attributes) for a directory that already exists binds to its
+/// PVC; the NodePublishVolume kubelet would make with that PV's handle and attributes as
+/// the volume context shows the directory's content at the target.
 ///
-/// hanfsctl's publish sends the volume id and a mount capability, not the attributes; the
-/// local transport reads none of them (the NFS transport reads `server` and `share`), and
-/// the directory comes from the handle, so the attributes here only have to be accepted.
+/// hanfs-node reads `subDir` (relative to the share; in local mode to the export root,
+/// which is the share) and takes the handle as an opaque string, so the PV read back from
+/// the API is published exactly as it is stored: its handle, its attributes as `--context`.
 fn flow_static(c: &Cluster) -> Outcome {
-    let existing = c.hanfs.export().join("volumes").join(LEGACY_DIR);
+    let existing = c.hanfs.export().join(LEGACY_DIR);
     fs::create_dir_all(&existing).map_err(|e| e.to_string())?;
     fs::write(existing.join("adopted.txt"), "data from before hanfs\n")
         .map_err(|e| e.to_string())?;
-    let handle = format!("v1/{CLUSTER}/{LEGACY_DIR}");
+    let handle = format!("10.0.0.100#/export#{LEGACY_DIR}");
     c.create(
         "/api/v1/persistentvolumes",
         json!({"apiVersion": "v1", "kind": "PersistentVolume",
@@ -947,15 +948,39 @@ fn flow_static(c: &Cluster) -> Outcome {
         .as_str()
         .ok_or("PV lost its handle")?
         .to_owned();
+    let attributes = pv["spec"]["csi"]["volumeAttributes"]
+        .as_object()
+        .ok_or("PV lost its volumeAttributes")?;
+    let mut context = Vec::new();
+    for (key, value) in attributes {
+        let value = value
+            .as_str()
+            .ok_or_else(|| format!("volumeAttributes.{key} is not a string: {value}"))?;
+        context.push(format!("{key}={value}"));
+    }
+    let node = format!("unix://{}", c.hanfs.dir.join("sockets/node.sock").display());
     let target = c.hanfs.dir.join("mnt/legacy");
-    c.hanfs
-        .ctl(&["publish", &pv_handle, &target.to_string_lossy()])?;
+    let target_arg = target.to_string_lossy().into_owned();
+    let mut publish = vec!["--node", &node, "publish", &pv_handle, &target_arg];
+    for entry in &context {
+        publish.extend(["--context", entry]);
+    }
+    c.hanfs.ctl(&publish)?;
     let seen = fs::read_to_string(target.join("adopted.txt"));
+    // Kubelet's NodeGetVolumeStats carries only the handle, no attributes.
+    let stats = c
+        .hanfs
+        .ctl(&["--node", &node, "stats", &pv_handle, &target_arg]);
     c.hanfs
-        .ctl(&["unpublish", &pv_handle, &target.to_string_lossy()])?;
+        .ctl(&["--node", &node, "unpublish", &pv_handle, &target_arg])?;
+    let stats = stats?;
+    if !stats.contains("condition: normal") {
+        return Err(format!("stats of {pv_handle} at {target_arg}: {stats}"));
+    }
     match seen {
         Ok(text) if text == "data from before hanfs\n" => Ok(format!(
-            "PVC legacy Bound to legacy-pv ({pv_handle}); published at {}, adopted.txt visible",
+            "PVC legacy Bound to legacy-pv ({pv_handle}, context {}); published at {}, adopted.txt visible, stats normal",
+            context.join(" "),
             target.display()
         )),
         other => Err(format!(
