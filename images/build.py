@@ -750,6 +750,8 @@ def main() -> int:
     ap.add_argument("--sidecar-bin-dir", type=Path, default=os.environ.get("HANFS_SIDECAR_BIN_DIR") or None,
                     help="a folder of static Go binaries (csi-provisioner, ...): one image each")  # fmt: skip
     ap.add_argument("--target-dir", type=Path, default=REPO / "target/release", help="where the hanfs release binaries are")
+    ap.add_argument("--extra-binary", type=Path, action="append", default=[],
+                    help="one more dynamically linked binary to wrap like hanfs-node (tag 'local'; e.g. the e2e workload)")  # fmt: skip
     args = ap.parse_args()
 
     start = time.monotonic()
@@ -767,8 +769,12 @@ def main() -> int:
         if not sidecars:
             raise BuildError(f"--sidecar-bin-dir {args.sidecar_bin_dir} holds no executable files")
     pause = build_pause(cache)
+    extras = {p.name: p for p in args.extra_binary}
+    for p in extras.values():
+        if not os.access(p, os.X_OK):
+            raise BuildError(f"--extra-binary {p} is not an executable file")
 
-    key = inputs_hash(binaries, sidecars, pause, version)
+    key = inputs_hash({**binaries, **extras}, sidecars, pause, version)
     out = args.out or cache / f"images-{key}"
     if args.out is None and (out / ".complete").is_file():
         log(f"up to date: {out}")
@@ -794,6 +800,8 @@ def main() -> int:
                 static_image("pause", pause, version, blob_dir,
                              {**labels, "org.opencontainers.image.title": "hanfs pause (pod sandbox)"}),
             ]  # fmt: skip
+            for name, path in sorted(extras.items()):
+                images.append(binary_image(name, path, "local", blob_dir, labels))
             for path in sidecars:
                 tag = go_binary_version(path)
                 images.append(static_image(path.name, path, tag, blob_dir,

@@ -2,11 +2,13 @@
 # Makes the client VM a Kubernetes node, run in the guest through the mailbox by
 # e2e/src/kube_pods.rs: containerd 2.x + runc + the CNI bridge plugin, kube-proxy (pods
 # reach the API server at the `kubernetes` Service's ClusterIP, as in every cluster), and
-# kubelet, all of one Kubernetes version; then imports the locally built images (no registry
-# is reachable). The host put everything under /hanfs/share/kube:
+# kubelet, all of one Kubernetes version. No registry is reachable: the data disk (/dev/vdb)
+# already holds containerd's store with the locally built images (e2e/kubelet/containerd-disk.sh
+# made it on the host; importing here takes minutes under TCG). The host put the rest under
+# /hanfs/share/kube:
 #   bin/{containerd,containerd-shim-runc-v2,ctr,kubelet,kube-proxy}   host-built binaries
-#   images/*.oci.tar                                                  OCI archives
 #   kubeconfig, containerd.toml, kubelet.yaml, kube-proxy.yaml, cni.conflist
+#   images    the image references the store must hold, one per line
 # Daemons detach (setsid -f) and log to /hanfs/share/kube/log/. Prints one line per step
 # with the guest's uptime, and `node-up: ok` at the end.
 set -euo pipefail
@@ -15,14 +17,11 @@ log=$k/log
 mkdir -p "$log"
 step() { echo "node-up: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
-# containerd's content store and snapshots need more room than the root overlay has: the
-# client VM's data disk (blank at the first boot) holds them.
 if ! mountpoint -q /var/lib/containerd; then
-    blkid /dev/vdb >/dev/null 2>&1 || mkfs.ext4 -q -F -E lazy_itable_init=1 /dev/vdb
     mkdir -p /var/lib/containerd
     mount /dev/vdb /var/lib/containerd
 fi
-step "data disk mounted"
+step "containerd store mounted"
 
 modprobe -a overlay br_netfilter nf_conntrack iptable_nat 2>/dev/null || true
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
@@ -41,13 +40,11 @@ done
 ctr --address /run/containerd/containerd.sock version >/dev/null || { tail -20 "$log/containerd.log"; exit 1; }
 step "containerd up"
 
-n=0
-for img in "$k"/images/*.oci.tar; do
-    ctr -n k8s.io --address /run/containerd/containerd.sock images import "$img" >/dev/null ||
-        { echo "node-up: importing $img failed"; exit 1; }
-    n=$((n + 1))
-done
-step "imported $n images"
+have=$(ctr -n k8s.io --address /run/containerd/containerd.sock images ls -q)
+while read -r ref; do
+    grep -qxF "$ref" <<<"$have" || { echo "node-up: image $ref is not in the store (have: $have)"; exit 1; }
+done <"$k/images"
+step "store holds $(wc -l <"$k/images") images"
 
 setsid -f kube-proxy --config "$k/kube-proxy.yaml" >>"$log/kube-proxy.log" 2>&1
 setsid -f kubelet --config "$k/kubelet.yaml" --kubeconfig "$k/kubeconfig" \

@@ -60,15 +60,19 @@ fn agent_config(node: &str, peer: &str) -> String {
 }
 
 /// The three VMs on the private bridge; the storage VMs with a blank data disk each.
-pub fn vm_spec(bins: &Path) -> ClusterSpec {
+pub fn vm_spec(bins: &Path, client_disk: Option<&Path>) -> ClusterSpec {
+    let mut client = VmSpec::new(CLIENT, Ipv4Addr::new(10, 80, 0, 20))
+        .with_memory(CLIENT_MEMORY_MIB)
+        .with_data_disk(CLIENT_DISK_MIB);
+    if let Some(disk) = client_disk {
+        client = client.with_data_disk_image(disk);
+    }
     ClusterSpec::new(vec![
         VmSpec::new("storage-a", Ipv4Addr::new(10, 80, 0, 11)).with_data_disk(DATA_DISK_MIB),
         VmSpec::new("storage-b", Ipv4Addr::new(10, 80, 0, 12)).with_data_disk(DATA_DISK_MIB),
         // The client is also a kubelet node (containerd, kubelet, the chart's pods): more
-        // memory, and a data disk for containerd's images.
-        VmSpec::new(CLIENT, Ipv4Addr::new(10, 80, 0, 20))
-            .with_memory(CLIENT_MEMORY_MIB)
-            .with_data_disk(CLIENT_DISK_MIB),
+        // memory, and a data disk holding containerd's store (prepared on the host).
+        client,
     ])
     .with_host_dir(bins)
 }
@@ -192,8 +196,14 @@ impl HanfsCluster {
     /// Boots everything and returns once one storage VM serves the VIP and the node
     /// plugin and controller answer.
     pub fn start(clock: Clock) -> Result<Self, Error> {
+        Self::start_with(clock, None)
+    }
+
+    /// [`HanfsCluster::start`] with the client's data disk starting as `client_disk` (the
+    /// kubelet node's containerd store, see `kube_pods::Artifacts`).
+    pub fn start_with(clock: Clock, client_disk: Option<&Path>) -> Result<Self, Error> {
         let (repo, bins) = repo_and_bins()?;
-        let cluster = Cluster::start(vm_spec(&bins))?;
+        let cluster = Cluster::start(vm_spec(&bins, client_disk))?;
         clock.log(&format!(
             "3 VMs up in {:.1}s",
             cluster.boot_time().as_secs_f64()

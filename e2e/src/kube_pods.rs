@@ -27,15 +27,31 @@ pub const NAMESPACE: &str = "hanfs";
 const STORAGE_CLASS: &str = "hanfs";
 /// The workload image (built from the `record-writer` binary of this crate).
 const WRITER_IMAGE: &str = "hanfs.local/record-writer:local";
+/// The images the node needs: the pod sandbox, the chart's pods (agent off, no attacher),
+/// the workload.
+const NODE_IMAGES: &[&str] = &[
+    "pause",
+    "hanfs-controller",
+    "hanfs-node",
+    "csi-provisioner",
+    "csi-resizer",
+    "csi-snapshotter",
+    "record-writer",
+];
 /// Bound on a locally built third-party component (cached after the first build).
 const BUILD_LIMIT: Duration = Duration::from_secs(60 * 60);
 /// Bound on the node becoming Ready and the chart's pods starting (TCG is slow: every
 /// container start is a few process spawns, each ~50 ms in the guest).
 const START_LIMIT: Duration = Duration::from_secs(300);
 
-/// Runs a repo script that builds (or finds cached) something and prints its folder last.
+/// Runs a repo script (bash, or python3 for `.py`) that builds (or finds cached) something
+/// and prints its folder last.
 fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
-    let mut cmd = Command::new("bash");
+    let mut cmd = Command::new(if script.ends_with(".py") {
+        "python3"
+    } else {
+        "bash"
+    });
     cmd.arg(repo.join(script)).args(args);
     let out =
         hanfs_testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
@@ -45,6 +61,20 @@ fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
         return Err(format!("{script} printed no folder (stdout: {text:?})").into());
     }
     Ok(PathBuf::from(dir))
+}
+
+/// [`built`] for a script that prints a file (not a folder) last.
+fn built_file(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo.join(script)).args(args);
+    let out =
+        hanfs_testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let file = text.lines().last().unwrap_or_default().trim();
+    if file.is_empty() || !Path::new(file).is_file() {
+        return Err(format!("{script} printed no file (stdout: {text:?})").into());
+    }
+    Ok(PathBuf::from(file))
 }
 
 /// Hard-links (or copies, across filesystems) `from` to `to`.
@@ -163,52 +193,86 @@ impl Drop for KubeNode<'_> {
     }
 }
 
-impl<'a> KubeNode<'a> {
-    /// Builds (or finds cached) every component, starts the control plane, makes the client
-    /// VM a node, installs the chart and waits until the driver is registered on the node
-    /// and the controller is ready.
-    pub fn start(hc: &'a HanfsCluster) -> Result<Self, Error> {
-        let clock = hc.clock;
-        let repo = hc.repo.clone();
+/// Everything the kubelet node and the chart need, built (or found cached) on the host
+/// before the VMs boot: the work is many times faster here than in a TCG guest, and the
+/// client's data disk must exist when its VM starts.
+pub struct Artifacts {
+    kube_bin: PathBuf,
+    containerd_bin: PathBuf,
+    helm: PathBuf,
+    /// ext4 image of containerd's store with [`NODE_IMAGES`] imported and unpacked: the
+    /// client VM's data disk.
+    pub client_disk: PathBuf,
+}
+
+impl Artifacts {
+    pub fn build(clock: Clock, repo: &Path, bins: &Path) -> Result<Self, Error> {
         let kube_bin = hanfs_testkit::kube::binaries()?;
-        let containerd_bin = built(&repo, "e2e/kube/build-containerd.sh", &[])?;
-        let helm_bin = built(&repo, "e2e/kube/build-helm.sh", &[])?;
-        let sidecar_bin = built(&repo, "e2e/kube/build-sidecars.sh", &[])?;
+        let containerd_bin = built(repo, "e2e/kube/build-containerd.sh", &[])?;
+        let helm_bin = built(repo, "e2e/kube/build-helm.sh", &[])?;
+        let sidecar_bin = built(repo, "e2e/kube/build-sidecars.sh", &[])?;
         let images = built(
-            &repo,
-            "images/build.sh",
+            repo,
+            "images/build.py",
             &[
-                "--release-dir",
-                &hc.bins.display().to_string(),
+                "--target-dir",
+                &bins.display().to_string(),
                 "--sidecar-bin-dir",
                 &sidecar_bin.display().to_string(),
                 "--extra-binary",
-                &hc.bins.join("record-writer").display().to_string(),
+                &bins.join("record-writer").display().to_string(),
             ],
         )?;
-        clock.log("components built or cached (kubelet, containerd, helm, sidecars, images)");
+        let mut disk_args = vec![
+            containerd_bin.display().to_string(),
+            crate::cluster::CLIENT_DISK_MIB.to_string(),
+        ];
+        disk_args.extend(
+            NODE_IMAGES
+                .iter()
+                .map(|name| images.join(format!("{name}.oci.tar")).display().to_string()),
+        );
+        let disk_args: Vec<&str> = disk_args.iter().map(String::as_str).collect();
+        let disk = built_file(repo, "e2e/kubelet/containerd-disk.sh", &disk_args)?;
+        clock.log(
+            "kubelet, containerd, helm, sidecars, images and the node's containerd disk built or cached",
+        );
+        Ok(Artifacts {
+            kube_bin,
+            containerd_bin,
+            helm: helm_bin.join("helm"),
+            client_disk: disk,
+        })
+    }
+}
 
+impl<'a> KubeNode<'a> {
+    /// Starts the control plane, makes the client VM a node (its data disk must be
+    /// `artifacts.client_disk`, see [`HanfsCluster::start_with`]), installs the chart and
+    /// waits until the driver is registered on the node and the controller is ready.
+    pub fn start(hc: &'a HanfsCluster, artifacts: &Artifacts) -> Result<Self, Error> {
+        let clock = hc.clock;
+        let repo = hc.repo.clone();
+        let kube_bin = &artifacts.kube_bin;
+        let containerd_bin = &artifacts.containerd_bin;
         // Everything the guest needs, under its share.
         let share = hc.client().share_dir().join("kube");
-        for sub in ["bin", "images"] {
-            fs::create_dir_all(share.join(sub))?;
-        }
+        fs::create_dir_all(share.join("bin"))?;
         for (dir, name) in [
-            (&kube_bin, "kubelet"),
-            (&kube_bin, "kube-proxy"),
-            (&containerd_bin, "containerd"),
-            (&containerd_bin, "containerd-shim-runc-v2"),
-            (&containerd_bin, "ctr"),
+            (kube_bin, "kubelet"),
+            (kube_bin, "kube-proxy"),
+            (containerd_bin, "containerd"),
+            (containerd_bin, "containerd-shim-runc-v2"),
+            (containerd_bin, "ctr"),
         ] {
             link_or_copy(&dir.join(name), &share.join("bin").join(name))?;
         }
-        for entry in fs::read_dir(&images)? {
-            let path = entry?.path();
-            if path.to_string_lossy().ends_with(".oci.tar") {
-                let name = path.file_name().ok_or("image without a name")?;
-                link_or_copy(&path, &share.join("images").join(name))?;
-            }
-        }
+        let store = artifacts
+            .client_disk
+            .parent()
+            .ok_or("the containerd disk has no folder")?
+            .join("images");
+        fs::copy(&store, share.join("images"))?;
         for file in [
             "node-up.sh",
             "containerd.toml",
@@ -224,10 +288,10 @@ impl<'a> KubeNode<'a> {
         let mut node = KubeNode {
             hc,
             kube,
-            helm: helm_bin.join("helm"),
+            helm: artifacts.helm.clone(),
             control_plane: Vec::new(),
         };
-        node.start_control_plane(&kube_bin)?;
+        node.start_control_plane(kube_bin)?;
         clock.log("kube-controller-manager and kube-scheduler started");
         let up = hc
             .client()

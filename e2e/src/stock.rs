@@ -19,7 +19,7 @@ const MOUNT: &str = "/mnt/stock";
 /// (restarting the killed node as the new backup in between) and tears it down.
 pub fn hard_kill(clock: Clock, locks: &[bool]) -> Result<Vec<Trial>, Error> {
     let (repo, bins) = repo_and_bins()?;
-    let cluster = Cluster::start(vm_spec(&bins))?;
+    let cluster = Cluster::start(vm_spec(&bins, None))?;
     clock.log(&format!(
         "stock: 3 VMs up in {:.1}s",
         cluster.boot_time().as_secs_f64()

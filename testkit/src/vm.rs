@@ -72,6 +72,9 @@ pub enum Error {
     /// `e2e/vm/build-image.sh` failed or timed out.
     #[error("building the VM image (e2e/vm/build-image.sh): {0}")]
     Build(#[source] CmdError),
+    /// Copying a VM's prepared data disk image ([`VmSpec::with_data_disk_image`]) failed.
+    #[error("copying a data disk image: {0}")]
+    DataDisk(#[source] CmdError),
     /// Creating or deleting the network namespace failed.
     #[error("VM network (e2e/vm/vm.sh): {0}")]
     Net(#[source] CmdError),
@@ -162,6 +165,9 @@ pub struct VmSpec {
     /// Size of a blank sparse data disk (`/dev/vdb`), if any. It persists across
     /// [`Vm::kill`] + [`Vm::restart`] (no snapshot), not beyond the cluster.
     pub data_disk_mib: Option<u64>,
+    /// A prepared disk image the data disk starts as (copied, sparse, at cluster start),
+    /// instead of a blank one; [`VmSpec::data_disk_mib`] is then ignored.
+    pub data_disk_image: Option<PathBuf>,
     pub memory_mib: u32,
 }
 
@@ -172,6 +178,7 @@ impl VmSpec {
             name: name.to_owned(),
             ip,
             data_disk_mib: None,
+            data_disk_image: None,
             memory_mib: DEFAULT_MEMORY_MIB,
         }
     }
@@ -180,6 +187,14 @@ impl VmSpec {
     #[must_use]
     pub fn with_data_disk(mut self, mib: u64) -> Self {
         self.data_disk_mib = Some(mib);
+        self
+    }
+
+    /// The data disk (`/dev/vdb`) starts as a copy of `image` (e.g. a filesystem prepared
+    /// on the host, where the work is many times faster than in a TCG guest).
+    #[must_use]
+    pub fn with_data_disk_image(mut self, image: impl Into<PathBuf>) -> Self {
+        self.data_disk_image = Some(image.into());
         self
     }
 
@@ -639,14 +654,27 @@ impl Cluster {
         for (i, v) in spec.vms.iter().enumerate() {
             let dir = cluster.workdir.join(&v.name);
             fs::create_dir_all(dir.join("share/mailbox")).map_err(io_err(&dir))?;
-            let data_disk = match v.data_disk_mib {
-                Some(mib) => {
+            let data_disk = match (&v.data_disk_image, v.data_disk_mib) {
+                (Some(image), _) => {
+                    let path = dir.join("data.img");
+                    // cp keeps the image's holes; fs::copy would write them out.
+                    cmd::run(
+                        Command::new("cp")
+                            .arg("--sparse=always")
+                            .arg(image)
+                            .arg(&path),
+                        Duration::from_secs(120),
+                    )
+                    .map_err(Error::DataDisk)?;
+                    Some(path)
+                }
+                (None, Some(mib)) => {
                     let path = dir.join("data.img");
                     let f = fs::File::create(&path).map_err(io_err(&path))?;
                     f.set_len(mib * 1024 * 1024).map_err(io_err(&path))?;
                     Some(path)
                 }
-                None => None,
+                (None, None) => None,
             };
             cluster.vms.push(Vm {
                 name: v.name.clone(),

@@ -17,7 +17,7 @@
 //! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
 
 use hanfs_e2e::cluster::HanfsCluster;
-use hanfs_e2e::kube_pods::KubeNode;
+use hanfs_e2e::kube_pods::{Artifacts, KubeNode};
 use hanfs_e2e::scenarios::{ALL, Runner, UNDER_POD};
 use hanfs_e2e::writer::Trial;
 use hanfs_e2e::{Clock, Error, report, sanity, stock, volume_checks};
@@ -120,8 +120,15 @@ struct Outcome {
 }
 
 fn run_hanfs(clock: Clock, plan: &Plan, outcome: &mut Outcome) -> Result<(), Error> {
-    let hc = HanfsCluster::start(clock)?;
-    let result = run_on(&hc, plan, outcome);
+    // The kubelet node's parts are built before the VMs boot (its data disk among them).
+    let artifacts = if plan.pods {
+        let (repo, bins) = hanfs_e2e::cluster::repo_and_bins()?;
+        Some(Artifacts::build(clock, &repo, &bins)?)
+    } else {
+        None
+    };
+    let hc = HanfsCluster::start_with(clock, artifacts.as_ref().map(|a| a.client_disk.as_path()))?;
+    let result = run_on(&hc, plan, artifacts.as_ref(), outcome);
     if result.is_err() {
         hc.dump_logs();
     }
@@ -129,7 +136,12 @@ fn run_hanfs(clock: Clock, plan: &Plan, outcome: &mut Outcome) -> Result<(), Err
     result
 }
 
-fn run_on(hc: &HanfsCluster, plan: &Plan, outcome: &mut Outcome) -> Result<(), Error> {
+fn run_on(
+    hc: &HanfsCluster,
+    plan: &Plan,
+    artifacts: Option<&Artifacts>,
+    outcome: &mut Outcome,
+) -> Result<(), Error> {
     if plan.sanity {
         let result = sanity::run(hc)?;
         outcome.lines.push(format!(
@@ -166,10 +178,10 @@ fn run_on(hc: &HanfsCluster, plan: &Plan, outcome: &mut Outcome) -> Result<(), E
     let (_, target) = hc.published_volume("writer", "128Mi")?;
     let mut runner = Runner::new(hc, target.clone());
     run_trials(hc, &mut runner, &plan.trials, outcome)?;
-    if !plan.pods {
+    let Some(artifacts) = artifacts else {
         return Ok(());
-    }
-    let node = KubeNode::start(hc)?;
+    };
+    let node = KubeNode::start(hc, artifacts)?;
     match node.write_then_read() {
         Ok(line) => {
             outcome.lines.push(line);
