@@ -2,9 +2,13 @@
 # Runs every hanfs test: unit and integration tests (real bind mounts, a real
 # loop-mounted XFS, real gRPC over unix sockets, VIPs and tickle ACKs in network
 # namespaces, two HA agents against a real kube-apiserver + etcd, the HA property
-# tests), the upstream csi-sanity against local mode, and the VM cluster's CI subset
-# (`e2e/run.sh ci`: real DRBD + kernel NFS in qemu VMs; csi-sanity over NFS, quota,
-# snapshots, one hard kill, one switchover). Needs root (mounts, namespaces, VMs), Go
+# tests, the Kubernetes API flows: kube-apiserver + kube-controller-manager + the real
+# CSI sidecars against local mode), the upstream csi-sanity against local mode, the Helm
+# chart's checks (installed on a real kube-apiserver), the container images (imported and
+# run by a real containerd), and the VM cluster's CI subset (`e2e/run.sh ci`: real DRBD +
+# kernel NFS in qemu VMs; csi-sanity over NFS, quota, snapshots, one hard kill, one
+# switchover; then the client VM as a kubelet node with the chart helm-installed, pods
+# writing through a hard kill and a switchover). Needs root (mounts, namespaces, VMs), Go
 # (csi.proto, csi-sanity, kube-apiserver and etcd come from the Go module proxy; the
 # first run builds kube-apiserver, ~5 min), Rust, mkfs.xfs, curl, openssl, iproute2,
 # qemu-system-x86 and debootstrap (the first run builds the VM image, ~2.5 min).
@@ -61,10 +65,18 @@ echo "== csi-sanity against local mode"
 run_suite csi-sanity csi-sanity/run.sh target/debug
 sanity_passed=$suite_passed
 
+echo "== Helm chart: lint, template, schema, install on a real kube-apiserver"
+run_suite chart charts/check.sh
+chart_passed=$suite_passed
+
+echo "== container images: OCI archives imported and run by a real containerd"
+run_suite images images/test.sh
+images_passed=$suite_passed
+
 echo "== VM cluster end to end (CI subset: e2e/run.sh ci)"
 run_suite e2e e2e/run.sh ci
 e2e_passed=$suite_passed
 
 echo "== summary"
-echo "cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers): $e2e_passed passed (no spec skipped by our flags)"
+echo "cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart on a kubelet, pods through failovers): $e2e_passed passed (no spec skipped by our flags)"
 echo "all: $total_passed passed, $total_failed failed"
