@@ -19,6 +19,8 @@
 #      WITH_CONTROLLER_MANAGER=1: also run kube-controller-manager (admin kubeconfig, no
 #        leader election, the volume controllers plus service accounts, namespaces and GC;
 #        KCM_CONTROLLERS overrides the list); ready only once its /healthz answers,
+#      WITH_SCHEDULER=1: also run kube-scheduler (admin kubeconfig, no leader election),
+#        for pods on a real kubelet; started after the controller manager,
 #      APISERVER_RUNTIME_CONFIG: the apiserver's --runtime-config (e.g.
 #        storage.k8s.io/v1beta1/volumeattributesclasses=true),
 #      APISERVER_SERVE_REMOVED_APIS=1: serve APIs removed in this very release (the
@@ -48,7 +50,9 @@ rm -f "$work/ready" "$work/kubeconfig"
 etcd_pid=
 api_pid=
 kcm_pid=
+sched_pid=
 with_kcm=${WITH_CONTROLLER_MANAGER:-0}
+with_sched=${WITH_SCHEDULER:-0}
 # The controllers a CSI driver's API flows need: PV/PVC binding, provisioning hand-off and
 # expansion, attach/detach, the protection finalizers (without pvc-protection a deleted PVC
 # never goes away) and VolumeAttributesClass protection; the service-account controllers
@@ -74,6 +78,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     # Reverse of start: the apiserver after its clients, and before its store.
+    stop_one "$sched_pid" kube-scheduler
     stop_one "$kcm_pid" kube-controller-manager
     stop_one "$api_pid" kube-apiserver
     stop_one "$etcd_pid" etcd
@@ -218,12 +223,28 @@ if [ "$with_kcm" = 1 ]; then
         sleep 0.25
     done
 fi
+if [ "$with_sched" = 1 ]; then
+    [ -x "$bin/kube-scheduler" ] || { log "no kube-scheduler in $bin"; exit 1; }
+    # Its own port only serves health; 127.0.0.1 keeps it off the bridge.
+    ip netns exec "$ns" "$bin/kube-scheduler" \
+        --kubeconfig "$work/kubeconfig" \
+        --leader-elect=false \
+        --bind-address 127.0.0.1 \
+        --profiling=false \
+        </dev/null >"$work/kube-scheduler.log" 2>&1 &
+    sched_pid=$!
+    echo "$sched_pid" >"$work/kube-scheduler.pid"
+fi
 awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' >"$work/ready"
 echo "ready in $(cat "$work/ready") s: kubeconfig $work/kubeconfig"
 
 # Run until told to stop, a server dies, or the owner is gone. A poll rather than
 # `wait -n`, because the owner is not our child; traps still run within 0.5 s.
-alive() { kill -0 "$etcd_pid" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null && { [ -z "$kcm_pid" ] || kill -0 "$kcm_pid" 2>/dev/null; }; }
+alive() {
+    kill -0 "$etcd_pid" 2>/dev/null && kill -0 "$api_pid" 2>/dev/null &&
+        { [ -z "$kcm_pid" ] || kill -0 "$kcm_pid" 2>/dev/null; } &&
+        { [ -z "$sched_pid" ] || kill -0 "$sched_pid" 2>/dev/null; }
+}
 while alive; do
     if [ -n "$owner" ] && ! kill -0 "$owner" 2>/dev/null; then
         log "owner $owner is gone; stopping"
@@ -233,6 +254,10 @@ while alive; do
 done
 kill -0 "$etcd_pid" 2>/dev/null || log "etcd exited"
 kill -0 "$api_pid" 2>/dev/null || log "kube-apiserver exited"
+if [ -n "$sched_pid" ] && ! kill -0 "$sched_pid" 2>/dev/null; then
+    log "kube-scheduler exited; tail of $work/kube-scheduler.log:"
+    tail -20 "$work/kube-scheduler.log" >&2
+fi
 if [ -n "$kcm_pid" ] && ! kill -0 "$kcm_pid" 2>/dev/null; then
     log "kube-controller-manager exited; tail of $work/kube-controller-manager.log:"
     tail -20 "$work/kube-controller-manager.log" >&2

@@ -7,7 +7,7 @@
 //! provisions the disks once and starts the processes.
 
 use crate::{Clock, Error};
-use hanfs_testkit::kube::KubeApiServer;
+use hanfs_testkit::kube::{KubeApiServer, Options};
 use hanfs_testkit::process::Supervised;
 use hanfs_testkit::vm::{Cluster, ClusterSpec, Vm, VmSpec};
 use std::collections::HashMap;
@@ -210,7 +210,16 @@ impl HanfsCluster {
         ));
         let kube_dir = cluster.workdir().join("kube");
         fs::create_dir_all(&kube_dir)?;
-        let api = KubeApiServer::start(cluster.netns(), cluster.bridge_ip(), &kube_dir)?;
+        // With a kubelet node to come (client_disk), the whole control plane: every default
+        // controller (Deployments, DaemonSets, the PV binder, ...) and the scheduler.
+        let options = Options {
+            controller_manager: client_disk.is_some(),
+            controllers: client_disk.map(|_| "*".to_owned()),
+            scheduler: client_disk.is_some(),
+            ..Options::default()
+        };
+        let api =
+            KubeApiServer::start_with(cluster.netns(), cluster.bridge_ip(), &kube_dir, &options)?;
         clock.log(&format!(
             "kube-apiserver ready in {:.1}s",
             api.startup_time().as_secs_f64()

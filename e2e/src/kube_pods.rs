@@ -1,6 +1,7 @@
 //! hanfs as a Kubernetes user gets it: the client VM becomes a kubelet node (containerd 2.x
 //! + runc + CNI bridge + kube-proxy + kubelet, one Kubernetes version), kube-controller-manager
-//! and kube-scheduler run on the host side of the bridge next to the API server, the chart is
+//! (every default controller) and kube-scheduler run on the host side of the bridge next to
+//! the API server (`HanfsCluster::start_with` asks e2e/kube/start.sh for them), the chart is
 //! `helm install`ed with the storage agents outside the cluster (`agent.enabled=false`: they
 //! stay services on the storage VMs), and every pod of the chart runs on that kubelet from
 //! locally built images. Then workload pods with a hanfs PVC write numbered fsync'ed records
@@ -14,7 +15,6 @@ use crate::cluster::{CLIENT, CLUSTER_ID, HanfsCluster, LONG, SHORT, VIP};
 use crate::writer::{Trial, Writer, measure};
 use crate::{Clock, Error};
 use hanfs_testkit::kube::KubeApiServer;
-use hanfs_testkit::process::Supervised;
 use serde_json::{Value, json};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -180,17 +180,6 @@ pub struct KubeNode<'a> {
     hc: &'a HanfsCluster,
     kube: &'a KubeApiServer,
     helm: PathBuf,
-    /// kube-controller-manager (PV binder, attach/detach, Deployment/DaemonSet/ReplicaSet)
-    /// and kube-scheduler, in the cluster's namespace.
-    control_plane: Vec<Supervised>,
-}
-
-impl Drop for KubeNode<'_> {
-    fn drop(&mut self) {
-        for p in &mut self.control_plane {
-            let _ = p.stop(Duration::from_secs(5));
-        }
-    }
 }
 
 /// Everything the kubelet node and the chart need, built (or found cached) on the host
@@ -285,14 +274,11 @@ impl<'a> KubeNode<'a> {
         let kube = hc.api()?;
         fs::copy(kube.kubeconfig(), share.join("kubeconfig"))?;
 
-        let mut node = KubeNode {
+        let node = KubeNode {
             hc,
             kube,
             helm: artifacts.helm.clone(),
-            control_plane: Vec::new(),
         };
-        node.start_control_plane(kube_bin)?;
-        clock.log("kube-controller-manager and kube-scheduler started");
         let up = hc
             .client()
             .exec("bash /hanfs/share/kube/node-up.sh", START_LIMIT)?;
@@ -322,43 +308,6 @@ impl<'a> KubeNode<'a> {
 
     pub fn api(&self) -> Api<'_> {
         Api(self.kube)
-    }
-
-    fn start_control_plane(&mut self, kube_bin: &Path) -> Result<(), Error> {
-        let work = self.kube.workdir().to_owned();
-        let kubeconfig = self.kube.kubeconfig();
-        let logs = self.hc.workdir().join("kube");
-        fs::create_dir_all(&logs)?;
-        let mut kcm = Command::new(kube_bin.join("kube-controller-manager"));
-        kcm.arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--controllers=*",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-            ])
-            .arg("--service-account-private-key-file")
-            .arg(work.join("sa.key"))
-            .arg("--root-ca-file")
-            .arg(work.join("ca.crt"))
-            .arg("--use-service-account-credentials=false")
-            .args(["--node-monitor-grace-period=20s"]);
-        let mut scheduler = Command::new(kube_bin.join("kube-scheduler"));
-        scheduler
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["--leader-elect=false", "--bind-address=127.0.0.1"]);
-        for (name, cmd) in [
-            ("kube-controller-manager", &mut kcm),
-            ("kube-scheduler", &mut scheduler),
-        ] {
-            let log = fs::File::create(logs.join(format!("{name}.log")))?;
-            let mut in_netns = self.hc.vms().command_in(cmd);
-            in_netns.stdout(log.try_clone()?).stderr(log);
-            self.control_plane
-                .push(Supervised::spawn(name, &mut in_netns)?);
-        }
-        Ok(())
     }
 
     /// `helm install` of the chart as an admin with storage servers outside the cluster

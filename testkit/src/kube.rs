@@ -74,6 +74,11 @@ pub struct Options {
     /// finalizers, VolumeAttributesClass protection, service accounts, namespaces, GC); the
     /// start waits for its `/healthz`.
     pub controller_manager: bool,
+    /// The controller manager's `--controllers` instead of start.sh's volume-flow list
+    /// (`"*"` for every default controller: Deployments, DaemonSets, nodes, ...).
+    pub controllers: Option<String>,
+    /// Also run kube-scheduler (for pods on a real kubelet).
+    pub scheduler: bool,
     /// The apiserver's `--runtime-config`, e.g.
     /// `storage.k8s.io/v1beta1/volumeattributesclasses=true`.
     pub runtime_config: Option<String>,
@@ -161,6 +166,7 @@ impl KubeApiServer {
         let flag = |on: bool| if on { "1" } else { "0" };
         command
             .env("WITH_CONTROLLER_MANAGER", flag(options.controller_manager))
+            .env("WITH_SCHEDULER", flag(options.scheduler))
             .env(
                 "APISERVER_SERVE_REMOVED_APIS",
                 flag(options.serve_removed_apis),
@@ -169,6 +175,9 @@ impl KubeApiServer {
                 "APISERVER_RUNTIME_CONFIG",
                 options.runtime_config.as_deref().unwrap_or_default(),
             );
+        if let Some(controllers) = &options.controllers {
+            command.env("KCM_CONTROLLERS", controllers);
+        }
         let mut script = Supervised::spawn(
             "e2e/kube/start.sh",
             command
