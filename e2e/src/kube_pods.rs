@@ -1,5 +1,5 @@
-//! hanfs as a Kubernetes user gets it: the client VM becomes a kubelet node (containerd 2.x
-//! + runc + CNI bridge + kube-proxy + kubelet, one Kubernetes version), kube-controller-manager
+//! hanfs as a Kubernetes user gets it: the client VM becomes a kubelet node (containerd 2.x,
+//! runc, the CNI bridge, kube-proxy and kubelet, one Kubernetes version), kube-controller-manager
 //! (every default controller) and kube-scheduler run on the host side of the bridge next to
 //! the API server (`HanfsCluster::start_with` asks e2e/kube/start.sh for them), the chart is
 //! `helm install`ed with the storage agents outside the cluster (`agent.enabled=false`: they

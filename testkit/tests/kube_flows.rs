@@ -416,6 +416,7 @@ fn csi_api_flows_against_real_kubernetes_components() {
             // ModifyVolume controller never starts without it.
             runtime_config: Some("storage.k8s.io/v1beta1/volumeattributesclasses=true".into()),
             serve_removed_apis: true,
+            ..Options::default()
         },
     )
     .expect("etcd + kube-apiserver + kube-controller-manager");
