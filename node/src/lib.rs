@@ -29,7 +29,6 @@ use hanfs_common::endpoint::{EndpointError, Listener, serve};
 use hanfs_common::identity::{IdentityService, ReadinessCheck};
 use hanfs_proto::csi::v1::identity_server::IdentityServer;
 use hanfs_proto::csi::v1::node_server::NodeServer;
-use hanfs_proto::pluginregistration::registration_server::RegistrationServer;
 use health::HealthConfig;
 use registration::{RegistrationConfig, RegistrationError, RegistrationService, RegistrationState};
 use std::future::Future;
@@ -157,9 +156,11 @@ pub async fn run_with(
     ));
     let mut registration_state = None;
     if let Some((listener, service, state_rx)) = registration {
-        let router =
-            tonic::transport::Server::builder().add_service(RegistrationServer::new(service));
-        servers.spawn(serve(router, listener, stopped(stop_rx.clone())));
+        servers.spawn(registration::serve(
+            service,
+            listener,
+            stopped(stop_rx.clone()),
+        ));
         registration_state = Some(state_rx);
     }
     if let Some(listener) = extras.health_listener {

@@ -15,16 +15,21 @@
 //! flight (an unmount halfway) for a condition that a restart may not even fix; and if
 //! it persists, kubelet's gRPC liveness probe on the health service restarts the
 //! container, which is what the upstream registrar's exit achieves.
+//!
+//! kubelet sends the socket's path as the HTTP/2 `:authority`, which h2 rejects, so every
+//! connection goes through [`h2_authority`] on its way to the tonic server.
 
-use hanfs_common::endpoint::Listener;
-use hanfs_proto::pluginregistration::registration_server::Registration;
+mod h2_authority;
+
+use hanfs_common::endpoint::EndpointError;
+use hanfs_proto::pluginregistration::registration_server::{Registration, RegistrationServer};
 use hanfs_proto::pluginregistration::{
     InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
 };
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 /// `PluginInfo.type` of a CSI driver (`k8s.io/kubelet/pkg/apis/pluginregistration/v1`'s
@@ -99,7 +104,7 @@ pub fn socket_path(dir: &Path, driver_name: &str) -> Result<PathBuf, Registratio
 /// directory's name starts with '.', which kubelet's plugin watcher skips, so kubelet
 /// never tries the socket while it is staged. A stale socket at the final name (a
 /// previous run that was killed) is removed; anything else there is left alone.
-pub fn bind(dir: &Path, driver_name: &str) -> Result<Listener, RegistrationError> {
+pub fn bind(dir: &Path, driver_name: &str) -> Result<RegistrationListener, RegistrationError> {
     let path = socket_path(dir, driver_name)?;
     std::fs::create_dir_all(dir).map_err(io_error("creating", dir))?;
     match std::fs::symlink_metadata(&path) {
@@ -125,7 +130,84 @@ pub fn bind(dir: &Path, driver_name: &str) -> Result<Listener, RegistrationError
     let _ = std::fs::remove_dir_all(&staging);
     let listener = bound?;
     tracing::info!(socket = %path.display(), "registration socket ready for kubelet");
-    Ok(Listener::Unix(listener, path))
+    Ok(RegistrationListener { listener, path })
+}
+
+/// The bound registration socket, for [`serve`].
+#[derive(Debug)]
+pub struct RegistrationListener {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+/// Per-connection buffer between the shim and tonic: a few frames' worth.
+const DUPLEX_BUFFER: usize = 64 * 1024;
+/// Connections handed to tonic but not yet picked up; kubelet makes one at a time.
+const PENDING_CONNECTIONS: usize = 16;
+
+/// Serves `service` on the registration socket until `shutdown` completes, then stops
+/// accepting, removes the socket (kubelet deregisters the driver) and drains calls.
+///
+/// Each accepted connection is piped through [`h2_authority::pipe`] to one end of an
+/// in-memory duplex whose other end tonic serves, so no second socket exists.
+pub async fn serve(
+    service: RegistrationService,
+    listener: RegistrationListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), EndpointError> {
+    let RegistrationListener { listener, path } = listener;
+    let endpoint = format!("unix://{}", path.display());
+    let (conn_tx, conn_rx) =
+        mpsc::channel::<std::io::Result<tokio::io::DuplexStream>>(PENDING_CONNECTIONS);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let accept = async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop_rx.wait_for(|stop| *stop) => break,
+            };
+            let client = match accepted {
+                Ok((client, _)) => client,
+                Err(err) => {
+                    // EMFILE and the like pass; a pause keeps the loop from spinning.
+                    tracing::warn!(error = %err, "accepting a registration connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (ours, tonics) = tokio::io::duplex(DUPLEX_BUFFER);
+            if conn_tx.send(Ok(tonics)).await.is_err() {
+                break;
+            }
+            tokio::spawn(async move {
+                match h2_authority::pipe(client, ours).await {
+                    Ok(0) => {}
+                    Ok(replaced) => tracing::debug!(
+                        replaced,
+                        "replaced a socket-path :authority in kubelet's registration calls"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "registration connection ended")
+                    }
+                }
+            });
+        }
+        // Unlinked before the drain, so kubelet sees the driver gone at once and no new
+        // connection can arrive that nobody would accept.
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(RegistrationServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+            async move {
+                shutdown.await;
+                stop_tx.send_replace(true);
+            },
+        );
+    let (result, ()) = tokio::join!(server, accept);
+    result.map_err(|source| EndpointError::Serve { endpoint, source })
 }
 
 fn bind_staged(staging: &Path, path: &Path) -> Result<tokio::net::UnixListener, RegistrationError> {

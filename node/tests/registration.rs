@@ -2,6 +2,10 @@
 //! kubelet's plugin watcher (a client generated from the same api.proto) on the socket
 //! in a tempdir `plugins_registry`, and kubelet's gRPC liveness probe on the health
 //! service (CSI socket and TCP). Local transport; nothing is mounted.
+//!
+//! A second test dials with grpc-go exactly as kubelet does (tests/kubelet-dial, built
+//! here with `go build`): the socket path as the target, so `:authority` is a path,
+//! which h2 alone rejects with PROTOCOL_ERROR.
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
@@ -247,4 +251,91 @@ async fn a_file_where_the_socket_goes_is_kept_and_stops_the_start() {
     assert!(!status.success());
     assert!(plugin.log().contains("is not a socket"), "{}", plugin.log());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+}
+
+/// Builds tests/kubelet-dial (a grpc-go client dialing as kubelet's plugin manager
+/// does) into `out`. Needs `go` and the Go module proxy (or a filled module cache).
+fn build_kubelet_dial(out: &Path) -> PathBuf {
+    let bin = out.join("kubelet-dial");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kubelet-dial");
+    let built = Command::new("nice")
+        .args(["-n", "10", "go", "build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&src)
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("running go build in {}: {err}", src.display()));
+    assert!(
+        built.status.success(),
+        "go build of {} failed ({}): {}",
+        src.display(),
+        built.status,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    bin
+}
+
+#[tokio::test]
+async fn grpc_go_dialing_as_kubelet_gets_info_and_registers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let dial = build_kubelet_dial(dir);
+    let port = free_tcp_port();
+    let mut plugin = Plugin::start(
+        dir,
+        &[
+            &format!("--kubelet-csi-endpoint={KUBELET_CSI}"),
+            &format!("--health-listen=tcp://127.0.0.1:{port}"),
+            "--health-interval-secs=1",
+        ],
+    );
+    plugin.wait_for_socket();
+
+    // The program bounds itself (10 s, as kubelet's dial + GetInfo), so this ends.
+    let run = Command::new(&dial)
+        .arg(plugin.reg_socket())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "kubelet's way of dialing failed ({}): {stderr}\nplugin log: {}",
+        run.status,
+        plugin.log()
+    );
+    let info: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        info,
+        serde_json::json!({
+            "type": "CSIPlugin",
+            "name": "hanfs.csi.io",
+            "endpoint": KUBELET_CSI,
+            "supported_versions": ["1.0.0"],
+        })
+    );
+    // NotifyRegistrationStatus(true) reached the service: it logged it, and health
+    // (which a failed registration turns NOT_SERVING) is SERVING.
+    let registered = plugin.log().lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|l| l["fields"]["message"] == "kubelet registered the driver")
+    });
+    assert!(registered, "no registration logged: {}", plugin.log());
+    let endpoints = [Endpoint::Tcp(format!("127.0.0.1:{port}"))];
+    wait_health(&plugin, &endpoints, ServingStatus::Serving).await;
+
+    // kubelet dials again for every registration attempt: a second connection works.
+    let again = Command::new(&dial)
+        .arg(plugin.reg_socket())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "second dial: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }
