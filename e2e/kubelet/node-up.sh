@@ -25,6 +25,10 @@ step "containerd store mounted"
 
 modprobe -a overlay br_netfilter nf_conntrack iptable_nat 2>/dev/null || true
 sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+# The guest has no default route, and a connect() to a ClusterIP fails with ENETUNREACH
+# before kube-proxy's DNAT (nat OUTPUT) is consulted: the Service range needs a route. It
+# points at the private bridge only, where the DNAT'ed API server (10.80.0.1) lives.
+ip route replace 10.96.0.0/16 dev eth0
 mkdir -p /etc/cni/net.d /etc/containerd /var/lib/kubelet /var/log/pods /run/containerd
 cp "$k/cni.conflist" /etc/cni/net.d/10-hanfs-pods.conflist
 cp "$k/containerd.toml" /etc/containerd/config.toml
