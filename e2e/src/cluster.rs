@@ -38,6 +38,10 @@ pub const DATA_DISK_MIB: u64 = 512;
 /// The client VM's memory and data disk (containerd's store) as a kubelet node.
 pub const CLIENT_MEMORY_MIB: u32 = 2048;
 pub const CLIENT_DISK_MIB: u64 = 4096;
+/// Two vCPUs for the client: with kubelet, containerd, kube-proxy, three sidecars and the
+/// plugins on one TCG vCPU its load stayed above 10 and the sidecars' CSI connections timed
+/// out ("Lost connection to CSI driver, exiting").
+pub const CLIENT_CPUS: u32 = 2;
 
 pub const LONG: Duration = Duration::from_secs(120);
 pub const SHORT: Duration = Duration::from_secs(30);
@@ -63,6 +67,7 @@ fn agent_config(node: &str, peer: &str) -> String {
 pub fn vm_spec(bins: &Path, client_disk: Option<&Path>) -> ClusterSpec {
     let mut client = VmSpec::new(CLIENT, Ipv4Addr::new(10, 80, 0, 20))
         .with_memory(CLIENT_MEMORY_MIB)
+        .with_cpus(CLIENT_CPUS)
         .with_data_disk(CLIENT_DISK_MIB);
     if let Some(disk) = client_disk {
         client = client.with_data_disk_image(disk);

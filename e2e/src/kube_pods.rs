@@ -323,7 +323,9 @@ impl<'a> KubeNode<'a> {
                 "clusterId: {CLUSTER_ID}\n\
                  image:\n  pullPolicy: Never\n\
                  agent:\n  enabled: false\n\
-                 backend:\n  address: {VIP}:9820\n  token: {token}\n  nfsShare: /export\n"
+                 backend:\n  address: {VIP}:9820\n  token: {token}\n  nfsShare: /export\n\
+                 controller:\n  livenessProbe:\n    timeoutSeconds: 30\n    failureThreshold: 10\n\
+                 node:\n  livenessProbe:\n    timeoutSeconds: 30\n    failureThreshold: 10\n"
             ),
         )?;
         let started = Instant::now();

@@ -17,7 +17,7 @@
 #       The root disk <image-dir>/root.ext4 is shared read-only (snapshot=on: writes go to
 #       a throwaway overlay). Optional env: HANFS_VM_HOSTDIR (a host folder shared read-only
 #       as /hanfs/bin, on the guest's PATH), HANFS_VM_HOSTS ("name:ip,..." for /etc/hosts),
-#       HANFS_VM_GW (default route), HANFS_VM_MEM (MiB, default 512), HANFS_VM_ACCEL
+#       HANFS_VM_GW (default route), HANFS_VM_MEM (MiB, default 512), HANFS_VM_CPUS (default 1), HANFS_VM_ACCEL
 #       (default tcg; kvm where it works).
 #   vm.sh exec <vm-dir> [timeout-s] <script     run stdin as a bash script in the guest via
 #       the mailbox; prints its stdout/stderr, exits with its exit code (124: no answer)
@@ -85,7 +85,7 @@ run_qemu() {
     [ -n "${HANFS_VM_HOSTS:-}" ] && append+=" hanfs.hosts=$HANFS_VM_HOSTS"
     [ -n "${HANFS_VM_GW:-}" ] && append+=" hanfs.gw=$HANFS_VM_GW"
     local args=(
-        -name "$name" -accel "${HANFS_VM_ACCEL:-tcg}" -machine pc -cpu max -smp 1 -m "${HANFS_VM_MEM:-512}"
+        -name "$name" -accel "${HANFS_VM_ACCEL:-tcg}" -machine pc -cpu max -smp "${HANFS_VM_CPUS:-1}" -m "${HANFS_VM_MEM:-512}"
         -nodefaults -no-user-config -display none -no-reboot
         -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "$append"
         -chardev "file,id=ser0,path=$dir/console.log,append=on" -serial chardev:ser0

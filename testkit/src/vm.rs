@@ -169,6 +169,8 @@ pub struct VmSpec {
     /// instead of a blank one; [`VmSpec::data_disk_mib`] is then ignored.
     pub data_disk_image: Option<PathBuf>,
     pub memory_mib: u32,
+    /// Virtual CPUs (TCG runs each on a host thread of its own).
+    pub cpus: u32,
 }
 
 impl VmSpec {
@@ -180,6 +182,7 @@ impl VmSpec {
             data_disk_mib: None,
             data_disk_image: None,
             memory_mib: DEFAULT_MEMORY_MIB,
+            cpus: 1,
         }
     }
 
@@ -195,6 +198,12 @@ impl VmSpec {
     #[must_use]
     pub fn with_data_disk_image(mut self, image: impl Into<PathBuf>) -> Self {
         self.data_disk_image = Some(image.into());
+        self
+    }
+
+    #[must_use]
+    pub fn with_cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
         self
     }
 
@@ -285,6 +294,7 @@ struct Launch {
     hosts: String,
     host_dir: Option<PathBuf>,
     memory_mib: u32,
+    cpus: u32,
     lifetime: Duration,
     boot_timeout: Duration,
 }
@@ -514,6 +524,7 @@ impl Vm {
             .env("OWNER_PID", std::process::id().to_string())
             .env("HANFS_VM_HOSTS", &l.hosts)
             .env("HANFS_VM_MEM", l.memory_mib.to_string())
+            .env("HANFS_VM_CPUS", l.cpus.to_string())
             .env("HANFS_VM_LIFETIME", l.lifetime.as_secs().max(1).to_string())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -689,6 +700,7 @@ impl Cluster {
                     hosts: hosts.clone(),
                     host_dir: spec.host_dir.clone(),
                     memory_mib: v.memory_mib,
+                    cpus: v.cpus,
                     lifetime: spec.lifetime,
                     boot_timeout: spec.boot_timeout,
                 },
