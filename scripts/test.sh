@@ -78,5 +78,5 @@ run_suite e2e e2e/run.sh ci
 e2e_passed=$suite_passed
 
 echo "== summary"
-echo "cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart on a kubelet, pods through failovers): $e2e_passed passed (no spec skipped by our flags)"
+echo "cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart helm-installed on a kubelet, a pod's records read back by a second pod): $e2e_passed passed (no spec skipped by our flags)"
 echo "all: $total_passed passed, $total_failed failed"
