@@ -57,6 +57,8 @@ up() {
     [[ $n =~ ^[0-9]+$ ]] && [ "$n" -le 200 ] || die "members must be 0-200, got '$n'"
     core=$prefix$id-core
     [ -z "$(list | grep -x "$core" || true)" ] || die "$core exists already"
+    # rc is assigned inside the trap string itself (shellcheck cannot see that).
+    # shellcheck disable=SC2154
     trap 'rc=$?; [ $rc -eq 0 ] || down "$id"; exit $rc' EXIT
 
     ip netns add "$core"

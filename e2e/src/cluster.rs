@@ -175,8 +175,18 @@ impl SplitBrainCounter {
                 SHORT,
             )?;
             let mut lines = out.lines();
-            let boot = lines.next().unwrap_or_default().trim().to_owned();
-            let count: usize = lines.next().unwrap_or("0").trim().parse().unwrap_or(0);
+            // An unreadable count fails the trial instead of passing as "no split-brain".
+            let boot = lines
+                .next()
+                .ok_or_else(|| format!("{name}: no boot id in {out:?}"))?
+                .trim()
+                .to_owned();
+            let count: usize = lines
+                .next()
+                .ok_or_else(|| format!("{name}: no split-brain count in {out:?}"))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("{name}: split-brain count in {out:?}: {e}"))?;
             let before = self
                 .seen
                 .insert((name.to_owned(), boot), count)

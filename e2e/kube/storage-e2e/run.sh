@@ -22,8 +22,7 @@
 # --dry-run lists what the focus selects without running anything and without a cluster.
 #
 # Environment: HANFS_E2E_TIMEOUT (ginkgo's whole-suite timeout, default 8h: TCG is slow),
-#   HANFS_E2E_REPORT_DIR (default: a new folder under the e2e cache), HANFS_E2E_SKIP (a
-#   --ginkgo.skip regex, empty by default), HANFS_E2E_VERBOSE=1 (the whole log on stdout).
+#   HANFS_E2E_REPORT_DIR (default: a new folder under the e2e cache), HANFS_E2E_VERBOSE=1 (the whole log on stdout).
 # Output: the report folder (e2e.log, junit.xml, summary.txt); the last line is
 #   `storage-e2e: N passed, M failed` (plus skipped). Exit status 0 only when something
 #   passed and nothing failed (a dry-run: when something was selected).
@@ -81,7 +80,6 @@ args=(
     --ginkgo.v
     --ginkgo.no-color
 )
-[ -z "${HANFS_E2E_SKIP:-}" ] || args+=(--ginkgo.skip="$HANFS_E2E_SKIP")
 [ -z "$kubeconfig" ] || args+=(--kubeconfig="$kubeconfig")
 [ "$dry_run" = 0 ] || args+=(--ginkgo.dry-run)
 
