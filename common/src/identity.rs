@@ -1,8 +1,8 @@
 //! The CSI Identity service, served by both the controller and the node binary.
 
-use hanfs_proto::csi::v1::identity_server::Identity;
-use hanfs_proto::csi::v1::plugin_capability::{self, service};
-use hanfs_proto::csi::v1::{
+use proto::csi::v1::identity_server::Identity;
+use proto::csi::v1::plugin_capability::{self, service};
+use proto::csi::v1::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
 };

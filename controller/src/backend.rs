@@ -1,7 +1,7 @@
 //! The client of the backend volume API, with the bearer token on every call.
 
-use hanfs_common::endpoint::{self, Endpoint};
-use hanfs_proto::backend::v1::volumes_client::VolumesClient;
+use common::endpoint::{self, Endpoint};
+use proto::backend::v1::volumes_client::VolumesClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;

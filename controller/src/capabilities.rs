@@ -1,8 +1,8 @@
 //! Which volume capabilities hanfs serves: filesystem access (an NFS directory) in every
 //! access mode; never raw block.
 
-use hanfs_proto::csi::v1::VolumeCapability;
-use hanfs_proto::csi::v1::volume_capability::{AccessType, access_mode::Mode};
+use proto::csi::v1::VolumeCapability;
+use proto::csi::v1::volume_capability::{AccessType, access_mode::Mode};
 
 /// Why a capability cannot be served, in words for the user.
 pub fn unsupported_reason(capability: &VolumeCapability) -> Option<String> {
@@ -37,7 +37,7 @@ pub fn check_all(capabilities: &[VolumeCapability]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hanfs_proto::csi::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
+    use proto::csi::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
 
     fn capability(access_type: AccessType, mode: Mode) -> VolumeCapability {
         VolumeCapability {

@@ -13,7 +13,7 @@
 //! controller is restarted for the storage servers' trouble.
 
 use crate::backend::BackendClient;
-use hanfs_proto::backend::v1::StatusRequest;
+use proto::backend::v1::StatusRequest;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;

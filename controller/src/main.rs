@@ -2,15 +2,15 @@
 //! volume API (at the VIP, or a unix socket in local mode).
 
 use clap::Parser;
-use hanfs_common::endpoint::{self, Endpoint, Listener};
-use hanfs_common::identity::{IdentityService, ReadinessCheck};
-use hanfs_common::ids::ClusterId;
-use hanfs_controller::health::{self, HealthConfig};
-use hanfs_controller::params::ExportConfig;
-use hanfs_controller::service::ControllerService;
-use hanfs_proto::backend::v1::StatusRequest;
-use hanfs_proto::csi::v1::controller_server::ControllerServer;
-use hanfs_proto::csi::v1::identity_server::IdentityServer;
+use common::endpoint::{self, Endpoint, Listener};
+use common::identity::{IdentityService, ReadinessCheck};
+use common::ids::ClusterId;
+use controller::health::{self, HealthConfig};
+use controller::params::ExportConfig;
+use controller::service::ControllerService;
+use proto::backend::v1::StatusRequest;
+use proto::csi::v1::controller_server::ControllerServer;
+use proto::csi::v1::identity_server::IdentityServer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
     endpoint: String,
     /// The CSI driver name.
-    #[arg(long, default_value = hanfs_common::DEFAULT_DRIVER_NAME)]
+    #[arg(long, default_value = common::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// This installation's id; part of every volume id.
     #[arg(long, env = "HANFS_CLUSTER_ID")]
@@ -63,7 +63,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
-    hanfs_common::logging::init(args.json_logs);
+    common::logging::init(args.json_logs);
     let cluster = ClusterId::parse(&args.cluster_id)?;
     let token = match &args.backend_token_file {
         Some(path) => Some(
@@ -74,8 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ),
         None => None,
     };
-    let backend =
-        hanfs_controller::backend::connect(&Endpoint::parse(&args.backend)?, token.as_deref())?;
+    let backend = controller::backend::connect(&Endpoint::parse(&args.backend)?, token.as_deref())?;
     let export = ExportConfig {
         server: args.nfs_server,
         share: args.nfs_share,

@@ -7,7 +7,7 @@
 //! `--extra-create-metadata`. Anything else is refused, so a typo never silently
 //! becomes a default.
 
-use hanfs_common::ids::{ClusterId, MAX_ID_LEN, VolumeDir};
+use common::ids::{ClusterId, MAX_ID_LEN, VolumeDir};
 use std::collections::HashMap;
 use thiserror::Error;
 

@@ -4,13 +4,13 @@
 use crate::backend::BackendClient;
 use crate::capabilities;
 use crate::params::{self, ExportConfig, OnDelete, ParamError};
-use hanfs_common::ids::{
+use common::ids::{
     self, ClusterId, IdError, RequestName, SnapshotId, SnapshotName, VolumeDir, VolumeId,
 };
-use hanfs_proto::backend::v1 as be;
-use hanfs_proto::csi::v1 as csi;
-use hanfs_proto::csi::v1::controller_server::Controller;
-use hanfs_proto::csi::v1::controller_service_capability::rpc::Type as Rpc;
+use proto::backend::v1 as be;
+use proto::csi::v1 as csi;
+use proto::csi::v1::controller_server::Controller;
+use proto::csi::v1::controller_service_capability::rpc::Type as Rpc;
 use std::collections::HashMap;
 use std::future::Future;
 use tonic::{Code, Request, Response, Status};

@@ -4,20 +4,20 @@
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
-use hanfs_backend::volumes::store::CapacityPolicy;
-use hanfs_backend::volumes::{StoreConfig, VolumeStore};
-use hanfs_common::endpoint::{self, Endpoint, Listener};
-use hanfs_common::ids::ClusterId;
-use hanfs_controller::params::ExportConfig;
-use hanfs_controller::service::ControllerService;
-use hanfs_proto::csi::v1 as csi;
-use hanfs_proto::csi::v1::controller_client::ControllerClient;
-use hanfs_proto::csi::v1::controller_server::ControllerServer;
+use common::endpoint::{self, Endpoint, Listener};
+use common::ids::ClusterId;
+use controller::params::ExportConfig;
+use controller::service::ControllerService;
+use proto::csi::v1 as csi;
+use proto::csi::v1::controller_client::ControllerClient;
+use proto::csi::v1::controller_server::ControllerServer;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tonic::Code;
 use tonic::transport::Channel;
+use volumes::store::CapacityPolicy;
+use volumes::{StoreConfig, VolumeStore};
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -42,14 +42,13 @@ impl Harness {
 
         let backend_endpoint = Endpoint::Unix(dir.path().join("backend.sock"));
         let listener = Listener::bind(&backend_endpoint).await.unwrap();
-        let router = tonic::transport::Server::builder().add_service(hanfs_backend::api::service(
+        let router = tonic::transport::Server::builder().add_service(volumes::api::service(
             Arc::new(store),
             Some("secret".into()),
         ));
         tokio::spawn(endpoint::serve(router, listener, stopped(&stop_rx)));
 
-        let backend =
-            hanfs_controller::backend::connect(&backend_endpoint, Some("secret")).unwrap();
+        let backend = controller::backend::connect(&backend_endpoint, Some("secret")).unwrap();
         let controller = ControllerService::new(
             ClusterId::parse("test").unwrap(),
             ExportConfig::default(),
@@ -374,15 +373,12 @@ async fn snapshots_of_missing_or_foreign_volumes_are_not_found() {
 async fn a_wrong_backend_token_is_unauthenticated() {
     let h = Harness::start().await;
     let endpoint = Endpoint::Unix(h.dir.path().join("backend.sock"));
-    let mut wrong = hanfs_controller::backend::connect(&endpoint, Some("guess")).unwrap();
-    let r = wrong
-        .status(hanfs_proto::backend::v1::StatusRequest {})
-        .await;
+    let mut wrong = controller::backend::connect(&endpoint, Some("guess")).unwrap();
+    let r = wrong.status(proto::backend::v1::StatusRequest {}).await;
     assert_code(r, Code::Unauthenticated, "wrong backend token");
-    let mut none = hanfs_controller::backend::connect(&endpoint, None).unwrap();
+    let mut none = controller::backend::connect(&endpoint, None).unwrap();
     assert_code(
-        none.status(hanfs_proto::backend::v1::StatusRequest {})
-            .await,
+        none.status(proto::backend::v1::StatusRequest {}).await,
         Code::Unauthenticated,
         "Bearer",
     );

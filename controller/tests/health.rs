@@ -8,9 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
-use hanfs_backend::volumes::store::CapacityPolicy;
-use hanfs_backend::volumes::{StoreConfig, VolumeStore};
-use hanfs_common::endpoint::{self, Endpoint, Listener};
+use common::endpoint::{self, Endpoint, Listener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,6 +16,8 @@ use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use volumes::store::CapacityPolicy;
+use volumes::{StoreConfig, VolumeStore};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_hanfs-controller");
 
@@ -50,7 +50,7 @@ impl Backend {
                     .unwrap();
                     let listener = Listener::bind(&Endpoint::Unix(socket)).await.unwrap();
                     let router = tonic::transport::Server::builder().add_service(
-                        hanfs_backend::api::service(Arc::new(store), Some("secret".into())),
+                        volumes::api::service(Arc::new(store), Some("secret".into())),
                     );
                     tokio::spawn(endpoint::serve(router, listener, std::future::pending()));
                 })

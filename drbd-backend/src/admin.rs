@@ -3,8 +3,8 @@
 
 use crate::ha::agent::{AgentHandle, AgentStatus};
 use crate::ha::decide::{Disk, HaConfig, Request, Role};
-use hanfs_proto::backend::v1 as pb;
-use hanfs_proto::backend::v1::admin_server::{Admin, AdminServer};
+use proto::backend::v1 as pb;
+use proto::backend::v1::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Request as GrpcRequest, Response, Status};
@@ -244,7 +244,7 @@ pub fn metrics_text(config: &HaConfig, status: &AgentStatus, volumes: Option<usi
             count.to_string(),
         );
     }
-    out.push_str(&crate::api::metrics::render());
+    out.push_str(&volumes::api::metrics::render());
     out
 }
 

@@ -7,23 +7,23 @@
 //! - `status`, `switchover`, `force-promote`: talk to a running agent.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hanfs_backend::admin::{self, AdminService};
-use hanfs_backend::agent_config::AgentFile;
-use hanfs_backend::api::{self, StoreSlot};
-use hanfs_backend::drivers::drbd::{self, Drbd};
-use hanfs_backend::drivers::fs_mount::FsMount;
-use hanfs_backend::drivers::lease::LeaseClient;
-use hanfs_backend::drivers::nfsd::{Nfsd, NfsdConfig};
-use hanfs_backend::drivers::vip::Vip;
-use hanfs_backend::ha::agent::{Agent, AgentConfig};
-use hanfs_backend::ha::system::SystemStack;
-use hanfs_backend::volumes::store::CapacityPolicy;
-use hanfs_backend::volumes::{StoreConfig, VolumeStore};
-use hanfs_common::endpoint::{self, Endpoint, Listener};
-use hanfs_proto::backend::v1 as pb;
+use common::endpoint::{self, Endpoint, Listener};
+use drbd_backend::admin::{self, AdminService};
+use drbd_backend::agent_config::AgentFile;
+use drbd_backend::drivers::drbd::{self, Drbd};
+use drbd_backend::drivers::fs_mount::FsMount;
+use drbd_backend::drivers::lease::LeaseClient;
+use drbd_backend::drivers::nfsd::{Nfsd, NfsdConfig};
+use drbd_backend::drivers::vip::Vip;
+use drbd_backend::ha::agent::{Agent, AgentConfig};
+use drbd_backend::ha::system::SystemStack;
+use proto::backend::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use volumes::api::{self, StoreSlot};
+use volumes::store::CapacityPolicy;
+use volumes::{StoreConfig, VolumeStore};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -138,11 +138,11 @@ async fn main() {
     let result = match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Agent { config, json_logs }) => {
-            hanfs_common::logging::init(json_logs);
+            common::logging::init(json_logs);
             run_agent(&config).await
         }
         Some(Command::FencePeer { config }) => {
-            hanfs_common::logging::init(false);
+            common::logging::init(false);
             let code = fence_peer(&config).await;
             std::process::exit(code);
         }
@@ -160,7 +160,7 @@ async fn main() {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Error> {
-    hanfs_common::logging::init(args.json_logs);
+    common::logging::init(args.json_logs);
     let export_root = args
         .export_root
         .ok_or("--export-root is required (or use a subcommand, see --help)")?;
@@ -326,20 +326,20 @@ async fn fence_peer(path: &Path) -> i32 {
         Ok(file) => file,
         Err(e) => {
             eprintln!("fence-peer: {e}");
-            return hanfs_backend::ha::fence::EXIT_REFUSED;
+            return drbd_backend::ha::fence::EXIT_REFUSED;
         }
     };
     let client = match kube_client(&file).await {
         Ok(client) => client,
         Err(e) => {
             eprintln!("fence-peer: {e}");
-            return hanfs_backend::ha::fence::EXIT_REFUSED;
+            return drbd_backend::ha::fence::EXIT_REFUSED;
         }
     };
     let lease = lease_client(&file, client);
     // DRBD holds I/O frozen while this runs; it must answer before the renew deadline.
     let patience = Duration::from_millis(file.lease.duration_ms * 2 / 3);
-    let (code, message) = hanfs_backend::ha::fence::fence_peer(
+    let (code, message) = drbd_backend::ha::fence::fence_peer(
         &lease,
         &file.node,
         &file.peer,

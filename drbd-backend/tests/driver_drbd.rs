@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
+use drbd_backend::drivers::command::CommandError;
+use drbd_backend::drivers::drbd::*;
 use futures::StreamExt;
-use hanfs_backend::drivers::command::CommandError;
-use hanfs_backend::drivers::drbd::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

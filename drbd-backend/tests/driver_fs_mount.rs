@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
-use hanfs_backend::drivers::fs_mount::*;
-use hanfs_common::mountinfo;
+use common::mountinfo;
+use drbd_backend::drivers::fs_mount::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
-use hanfs_backend::drivers::command::CommandError;
-use hanfs_backend::drivers::nfsd::*;
+use drbd_backend::drivers::command::CommandError;
+use drbd_backend::drivers::nfsd::*;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The tickle ACK end to end, inside network namespaces this test creates (a
-//! `hanfs_testkit` topology): a client C and two servers S1, S2, each joined by a veth
+//! `testkit` topology): a client C and two servers S1, S2, each joined by a veth
 //! to one bridge in a fourth namespace (nothing attached to a host interface). Needs root.
 //!
 //! S1 holds the VIP and an open server socket; the takeover moves the VIP to S2 while
@@ -13,10 +13,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use hanfs_backend::drivers::tickle::{self, Connection, NFS_PORT};
-use hanfs_backend::drivers::vip::{GarpConfig, Vip};
-use hanfs_testkit::netns::{self, Topology};
-use hanfs_testkit::thread_ns::{block_on_in, in_namespace};
+use drbd_backend::drivers::tickle::{self, Connection, NFS_PORT};
+use drbd_backend::drivers::vip::{GarpConfig, Vip};
+use testkit::netns::{self, Topology};
+use testkit::thread_ns::{block_on_in, in_namespace};
 
 /// Accepts one connection, bounded: 100 × 20 ms.
 fn accept_bounded(listener: &TcpListener) -> (TcpStream, SocketAddr) {

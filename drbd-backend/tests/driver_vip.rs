@@ -2,7 +2,7 @@
 //! ([`Topology`]: members on veth pairs to a bridge, nothing attached to a host
 //! interface). Needs root.
 //!
-//! Each namespace is entered by a helper thread (`hanfs_testkit::thread_ns`), which runs a
+//! Each namespace is entered by a helper thread (`testkit::thread_ns`), which runs a
 //! current-thread tokio runtime for the async calls; sockets made there keep their
 //! namespace and may be used from the test thread afterwards.
 
@@ -12,9 +12,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;
 
-use hanfs_backend::drivers::vip::{Added, GarpConfig, Removed, Vip, VipError};
-use hanfs_testkit::netns::{self, Topology};
-use hanfs_testkit::thread_ns::{block_on_in, in_namespace};
+use drbd_backend::drivers::vip::{Added, GarpConfig, Removed, Vip, VipError};
+use testkit::netns::{self, Topology};
+use testkit::thread_ns::{block_on_in, in_namespace};
 
 /// `ip -n <ns> <args…>`; panics on failure.
 fn ip(ns: &str, args: &[&str]) -> String {

@@ -13,20 +13,20 @@
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
-use hanfs_backend::admin::{AdminService, metrics_text};
-use hanfs_backend::drivers::lease::LeaseClient;
-use hanfs_backend::drivers::vip::{GarpConfig, Vip};
-use hanfs_backend::ha::agent::{Agent, AgentConfig, AgentHandle, Stack, StackObservation};
-use hanfs_backend::ha::decide::{Disk, DrbdView, HaConfig, Role, StackAction, StackView};
-use hanfs_proto::backend::v1 as pb;
-use hanfs_proto::backend::v1::admin_server::Admin;
-use hanfs_testkit::kube::KubeApiServer;
-use hanfs_testkit::netns::Topology;
-use hanfs_testkit::thread_ns::{block_on, block_on_in, spawn_in};
+use drbd_backend::admin::{AdminService, metrics_text};
+use drbd_backend::drivers::lease::LeaseClient;
+use drbd_backend::drivers::vip::{GarpConfig, Vip};
+use drbd_backend::ha::agent::{Agent, AgentConfig, AgentHandle, Stack, StackObservation};
+use drbd_backend::ha::decide::{Disk, DrbdView, HaConfig, Role, StackAction, StackView};
+use proto::backend::v1 as pb;
+use proto::backend::v1::admin_server::Admin;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::kube::KubeApiServer;
+use testkit::netns::Topology;
+use testkit::thread_ns::{block_on, block_on_in, spawn_in};
 
 const LEASE_MS: u64 = 3000;
 const NAMES: [&str; 2] = ["storage-a", "storage-b"];
@@ -186,7 +186,7 @@ impl Cluster {
         std::fs::create_dir_all(&state_dir).unwrap();
         let pair = self.pair.clone();
         pair.lock().unwrap().role[side] = Some(Role::Secondary);
-        let vip = Vip::new(self.vip, hanfs_testkit::netns::PREFIX_LEN, "eth0");
+        let vip = Vip::new(self.vip, testkit::netns::PREFIX_LEN, "eth0");
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // On a thread in the member's namespace: every socket the agent opens (the Lease
@@ -433,7 +433,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let (code, message) = block_on_in(&fence_ns, move || async move {
         let client = kube_client(&kubeconfig).await;
         let lease = lease_client(client, NAMES[active]);
-        hanfs_backend::ha::fence::fence_peer(
+        drbd_backend::ha::fence::fence_peer(
             &lease,
             NAMES[active],
             NAMES[standby],
@@ -446,7 +446,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
         "fence-peer on {}: exit {code}: {message}",
         NAMES[active]
     ));
-    assert_eq!(code, hanfs_backend::ha::fence::EXIT_PEER_OUTDATED);
+    assert_eq!(code, drbd_backend::ha::fence::EXIT_PEER_OUTDATED);
     assert_eq!(
         c.lease_json()["metadata"]["annotations"]["hanfs.io/outdated"],
         NAMES[standby]
@@ -457,7 +457,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let state_dir = c.state.path().join(NAMES[standby]);
     let (code, _) = block_on_in(&fence_ns, move || async move {
         let lease = lease_client(kube_client(&kubeconfig).await, NAMES[standby]);
-        hanfs_backend::ha::fence::fence_peer(
+        drbd_backend::ha::fence::fence_peer(
             &lease,
             NAMES[standby],
             NAMES[active],
@@ -466,7 +466,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
         )
         .await
     });
-    assert_eq!(code, hanfs_backend::ha::fence::EXIT_REFUSED);
+    assert_eq!(code, drbd_backend::ha::fence::EXIT_REFUSED);
 
     c.agents[active].as_mut().unwrap().stop();
     {
@@ -476,7 +476,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
         pair.stack[active] = StackView::default();
     }
     let _ = spawn_in(c.topology.member_ns(active), {
-        let vip = Vip::new(c.vip, hanfs_testkit::netns::PREFIX_LEN, "eth0");
+        let vip = Vip::new(c.vip, testkit::netns::PREFIX_LEN, "eth0");
         move || block_on(vip.remove()).unwrap()
     })
     .join();

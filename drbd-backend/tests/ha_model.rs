@@ -7,7 +7,7 @@
 //!
 //! A plain binary (harness = false) so it always prints how much it checked.
 
-use hanfs_backend::ha::sim::{Fault, Stats, run_scenario};
+use drbd_backend::ha::sim::{Fault, Stats, run_scenario};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use std::cell::RefCell;

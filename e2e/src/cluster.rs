@@ -7,15 +7,15 @@
 //! provisions the disks once and starts the processes.
 
 use crate::{Clock, Error};
-use hanfs_testkit::kube::{KubeApiServer, Options};
-use hanfs_testkit::process::Supervised;
-use hanfs_testkit::vm::{Cluster, ClusterSpec, Vm, VmSpec};
 use std::collections::HashMap;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::kube::{KubeApiServer, Options};
+use testkit::process::Supervised;
+use testkit::vm::{Cluster, ClusterSpec, Vm, VmSpec};
 
 pub const VIP: &str = "10.80.0.100";
 pub const STORAGE: [&str; 2] = ["storage-a", "storage-b"];
@@ -417,7 +417,7 @@ impl HanfsCluster {
     fn hanfsctl_raw(&self, args: &[&str]) -> Result<String, Error> {
         let mut cmd = Command::new(self.bins.join("hanfsctl"));
         cmd.args(args).stdin(Stdio::null());
-        let out = hanfs_testkit::cmd::output(&mut self.cluster.command_in(&cmd), LONG)?;
+        let out = testkit::cmd::output(&mut self.cluster.command_in(&cmd), LONG)?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(format!(

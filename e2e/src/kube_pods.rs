@@ -14,12 +14,12 @@
 use crate::cluster::{CLIENT, CLUSTER_ID, HanfsCluster, LONG, SHORT, VIP};
 use crate::writer::{Trial, Writer, measure};
 use crate::{Clock, Error};
-use hanfs_testkit::kube::KubeApiServer;
 use serde_json::{Value, json};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::kube::KubeApiServer;
 
 /// The namespace the chart is installed into and the workloads run in.
 pub const NAMESPACE: &str = "hanfs";
@@ -53,8 +53,7 @@ fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
         "bash"
     });
     cmd.arg(repo.join(script)).args(args);
-    let out =
-        hanfs_testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
+    let out = testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let dir = text.lines().last().unwrap_or_default().trim();
     if dir.is_empty() || !Path::new(dir).is_dir() {
@@ -67,8 +66,7 @@ fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
 fn built_file(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
     let mut cmd = Command::new("bash");
     cmd.arg(repo.join(script)).args(args);
-    let out =
-        hanfs_testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
+    let out = testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let file = text.lines().last().unwrap_or_default().trim();
     if file.is_empty() || !Path::new(file).is_file() {
@@ -196,7 +194,7 @@ pub struct Artifacts {
 
 impl Artifacts {
     pub fn build(clock: Clock, repo: &Path, bins: &Path) -> Result<Self, Error> {
-        let kube_bin = hanfs_testkit::kube::binaries()?;
+        let kube_bin = testkit::kube::binaries()?;
         let containerd_bin = built(repo, "e2e/kube/build-containerd.sh", &[])?;
         let helm_bin = built(repo, "e2e/kube/build-helm.sh", &[])?;
         let sidecar_bin = built(repo, "e2e/kube/build-sidecars.sh", &[])?;
@@ -336,7 +334,7 @@ impl<'a> KubeNode<'a> {
             .arg(&values)
             .arg("--kubeconfig")
             .arg(self.kube.kubeconfig());
-        let out = hanfs_testkit::cmd::output(&mut hc.vms().command_in(&helm), LONG)?;
+        let out = testkit::cmd::output(&mut hc.vms().command_in(&helm), LONG)?;
         if !out.status.success() {
             return Err(format!(
                 "helm install: {}{}",

@@ -70,7 +70,7 @@ pub fn run(hc: &HanfsCluster) -> Result<SanityResult, Error> {
         "--ginkgo.no-color",
     ]);
     let started = Instant::now();
-    let output = hanfs_testkit::cmd::output(&mut hc.vms().command_in(&cmd), SANITY_TIMEOUT)?;
+    let output = testkit::cmd::output(&mut hc.vms().command_in(&cmd), SANITY_TIMEOUT)?;
     let seconds = started.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     std::fs::write(&log, &text)?;

@@ -10,8 +10,8 @@
 use crate::cluster::{LONG, SHORT, VIP, drbd_up, provision_filesystem, repo_and_bins, vm_spec};
 use crate::writer::{self, Trial, Writer, run_trial};
 use crate::{Clock, Error};
-use hanfs_testkit::vm::Cluster;
 use std::time::{Duration, Instant};
+use testkit::vm::Cluster;
 
 const MOUNT: &str = "/mnt/stock";
 

@@ -12,9 +12,9 @@
 
 use crate::Error;
 use crate::cluster::{LONG, SHORT};
-use hanfs_testkit::vm::Vm;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use testkit::vm::Vm;
 
 const WRITER: &str = r#"
 import fcntl, os, sys, time

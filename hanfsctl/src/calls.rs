@@ -3,11 +3,11 @@
 use crate::local::Sockets;
 use crate::size;
 use clap::Subcommand;
-use hanfs_common::endpoint::{Endpoint, connect_lazy};
-use hanfs_proto::backend::v1 as be;
-use hanfs_proto::csi::v1 as csi;
-use hanfs_proto::csi::v1::controller_client::ControllerClient;
-use hanfs_proto::csi::v1::node_client::NodeClient;
+use common::endpoint::{Endpoint, connect_lazy};
+use proto::backend::v1 as be;
+use proto::csi::v1 as csi;
+use proto::csi::v1::controller_client::ControllerClient;
+use proto::csi::v1::node_client::NodeClient;
 use std::collections::HashMap;
 use std::path::Path;
 use tonic::transport::Channel;

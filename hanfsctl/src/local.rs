@@ -7,7 +7,7 @@
 //! <dir>/sockets/       backend.sock, controller.sock, node.sock
 //! ```
 
-use hanfs_common::endpoint::Endpoint;
+use common::endpoint::Endpoint;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -243,7 +243,7 @@ pub async fn up(dir: &Path, cluster_id: &str, bin_dir: Option<PathBuf>) -> Resul
         }
     };
     tokio::select! {
-        _ = hanfs_common::endpoint::shutdown_signal() => {}
+        _ = common::endpoint::shutdown_signal() => {}
         reason = exited => eprintln!("stopping local mode: {reason}"),
     }
     for running in started.into_iter().rev() {

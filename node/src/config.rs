@@ -1,7 +1,7 @@
 //! What the node plugin is told at start: who it is, which cluster it serves, how
 //! volumes reach this node, and where kubelet may ask it to mount them.
 
-use hanfs_common::ids::ClusterId;
+use common::ids::ClusterId;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 use crate::mount_spec::MountSpecError;
 use crate::syscall_helper::HelperError;
 use crate::target_path::TargetPathError;
-use hanfs_common::ids::IdError;
+use common::ids::IdError;
 use nix::errno::Errno;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -118,7 +118,7 @@ impl From<NodeError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hanfs_common::ids::{ClusterId, VolumeId};
+    use common::ids::{ClusterId, VolumeId};
 
     #[test]
     fn id_errors_split_into_not_found_and_invalid() {

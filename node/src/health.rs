@@ -7,9 +7,9 @@
 //! probe only reads the last verdict and never waits on the check itself.
 
 use crate::registration::RegistrationState;
-use hanfs_common::endpoint::{Endpoint, connect_lazy};
-use hanfs_proto::csi::v1::ProbeRequest;
-use hanfs_proto::csi::v1::identity_client::IdentityClient;
+use common::endpoint::{Endpoint, connect_lazy};
+use proto::csi::v1::ProbeRequest;
+use proto::csi::v1::identity_client::IdentityClient;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;

@@ -25,11 +25,11 @@ pub mod target_path;
 pub use config::{NodeConfig, Transport};
 pub use service::NodeService;
 
-use hanfs_common::endpoint::{EndpointError, Listener, serve};
-use hanfs_common::identity::{IdentityService, ReadinessCheck};
-use hanfs_proto::csi::v1::identity_server::IdentityServer;
-use hanfs_proto::csi::v1::node_server::NodeServer;
+use common::endpoint::{EndpointError, Listener, serve};
+use common::identity::{IdentityService, ReadinessCheck};
 use health::HealthConfig;
+use proto::csi::v1::identity_server::IdentityServer;
+use proto::csi::v1::node_server::NodeServer;
 use registration::{RegistrationConfig, RegistrationError, RegistrationService, RegistrationState};
 use std::future::Future;
 use std::sync::Arc;

@@ -2,13 +2,13 @@
 //! `helper` subcommand runs one mount-path syscall for the plugin (see `syscall_helper`).
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hanfs_common::endpoint::{Endpoint, Listener, shutdown_signal};
-use hanfs_common::ids::ClusterId;
-use hanfs_node::config::{DEFAULT_NFS_OPTIONS, DEFAULT_NFS_SHARE, DEFAULT_TARGET_ROOT};
-use hanfs_node::health::HealthConfig;
-use hanfs_node::registration::RegistrationConfig;
-use hanfs_node::syscall_helper::{HelperCommand, run_helper};
-use hanfs_node::{Extras, NodeConfig, Transport, mount_spec};
+use common::endpoint::{Endpoint, Listener, shutdown_signal};
+use common::ids::ClusterId;
+use node::config::{DEFAULT_NFS_OPTIONS, DEFAULT_NFS_SHARE, DEFAULT_TARGET_ROOT};
+use node::health::HealthConfig;
+use node::registration::RegistrationConfig;
+use node::syscall_helper::{HelperCommand, run_helper};
+use node::{Extras, NodeConfig, Transport, mount_spec};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,7 +27,7 @@ struct Args {
     /// This node's id (the Kubernetes node name); defaults to the host name.
     #[arg(long, env = "NODE_ID")]
     node_id: Option<String>,
-    #[arg(long, default_value = hanfs_common::DEFAULT_DRIVER_NAME)]
+    #[arg(long, default_value = common::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// The hanfs cluster whose volumes this node mounts.
     #[arg(long, required = true)]
@@ -190,7 +190,7 @@ fn main() -> ExitCode {
     if let Some(Command::Helper(command)) = args.command.take() {
         return run_helper(command);
     }
-    hanfs_common::logging::init(args.json_logs);
+    common::logging::init(args.json_logs);
     let endpoint = match Endpoint::parse(&args.endpoint) {
         Ok(endpoint) => endpoint,
         Err(err) => return fail(&err.to_string()),
@@ -221,7 +221,7 @@ fn main() -> ExitCode {
             health_listener,
             health,
         };
-        hanfs_node::run_with(config, listener, extras, shutdown_signal()).await
+        node::run_with(config, listener, extras, shutdown_signal()).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,

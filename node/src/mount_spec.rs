@@ -31,7 +31,7 @@
 //! NodeGetVolumeStats and NodeExpandVolume get no volume context, so the handle alone
 //! must tell a static volume from a hanfs one ([`is_hanfs_shaped`]).
 
-use hanfs_common::ids::{VolumeDir, VolumeId};
+use common::ids::{VolumeDir, VolumeId};
 use nix::mount::MsFlags;
 use std::collections::HashMap;
 use std::fmt;
@@ -1089,7 +1089,7 @@ mod tests {
     #[test]
     fn hanfs_volumes_keep_their_paths() {
         let volume = VolumeRef::Hanfs(VolumeId::new(
-            hanfs_common::ids::ClusterId::parse("c").unwrap(),
+            common::ids::ClusterId::parse("c").unwrap(),
             dir(),
         ));
         let ctx = context(&[("server", "10.0.0.100"), ("share", "/export")]);

@@ -21,9 +21,9 @@
 
 mod h2_authority;
 
-use hanfs_common::endpoint::EndpointError;
-use hanfs_proto::pluginregistration::registration_server::{Registration, RegistrationServer};
-use hanfs_proto::pluginregistration::{
+use common::endpoint::EndpointError;
+use proto::pluginregistration::registration_server::{Registration, RegistrationServer};
+use proto::pluginregistration::{
     InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
 };
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};

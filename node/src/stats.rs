@@ -5,8 +5,8 @@
 //! condition on the pod's events instead of only logging a failed call.
 
 use crate::syscall_helper::{FsStats, HelperError};
-use hanfs_proto::csi::v1::{VolumeCondition, VolumeUsage, volume_usage};
 use nix::errno::Errno;
+use proto::csi::v1::{VolumeCondition, VolumeUsage, volume_usage};
 use std::time::Duration;
 
 fn clamp(value: u64) -> i64 {

@@ -6,13 +6,13 @@
 // Test helpers, not only #[test] fns, panic on unexpected failures.
 #![allow(clippy::unwrap_used)]
 
-use hanfs_common::endpoint::{Endpoint, Listener, connect_lazy};
-use hanfs_common::ids::ClusterId;
-use hanfs_common::mountinfo;
-use hanfs_node::{NodeConfig, Transport};
-use hanfs_proto::csi::v1::node_client::NodeClient;
-use hanfs_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
-use hanfs_proto::csi::v1::*;
+use common::endpoint::{Endpoint, Listener, connect_lazy};
+use common::ids::ClusterId;
+use common::mountinfo;
+use node::{NodeConfig, Transport};
+use proto::csi::v1::node_client::NodeClient;
+use proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use proto::csi::v1::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,7 +81,7 @@ impl Fixture {
         let endpoint = Endpoint::Unix(root.join("csi.sock"));
         let listener = Listener::bind(&endpoint).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(hanfs_node::run(config, listener, async {
+        tokio::spawn(node::run(config, listener, async {
             let _ = rx.await;
         }));
         Fixture {

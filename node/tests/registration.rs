@@ -9,9 +9,9 @@
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
-use hanfs_common::endpoint::{Endpoint, connect_lazy};
-use hanfs_proto::pluginregistration::registration_client::RegistrationClient;
-use hanfs_proto::pluginregistration::{InfoRequest, RegistrationStatus};
+use common::endpoint::{Endpoint, connect_lazy};
+use proto::pluginregistration::registration_client::RegistrationClient;
+use proto::pluginregistration::{InfoRequest, RegistrationStatus};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

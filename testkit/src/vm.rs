@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use hanfs_testkit::vm::{Cluster, ClusterSpec, VmSpec};
+//! use testkit::vm::{Cluster, ClusterSpec, VmSpec};
 //! let cluster = Cluster::start(ClusterSpec::new(vec![
 //!     VmSpec::new("storage-a", "10.80.0.11".parse()?).with_data_disk(512),
 //!     VmSpec::new("client", "10.80.0.21".parse()?),

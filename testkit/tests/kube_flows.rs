@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hanfs_testkit::csi_sidecars::{self, Sidecar};
-use hanfs_testkit::kube::{KubeApiServer, Options};
-use hanfs_testkit::netns::Topology;
-use hanfs_testkit::process::Supervised;
 use serde_json::{Value, json};
+use testkit::csi_sidecars::{self, Sidecar};
+use testkit::kube::{KubeApiServer, Options};
+use testkit::netns::Topology;
+use testkit::process::Supervised;
 
 const DRIVER: &str = "hanfs.csi.io";
 const CLUSTER: &str = "flows";

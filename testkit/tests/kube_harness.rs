@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hanfs_testkit::kube::{self, KubeApiServer};
-use hanfs_testkit::netns::{self, Topology};
+use testkit::kube::{self, KubeApiServer};
+use testkit::netns::{self, Topology};
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
 

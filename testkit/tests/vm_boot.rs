@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hanfs_testkit::vm::{Cluster, ClusterSpec, Error, VmSpec};
+use testkit::vm::{Cluster, ClusterSpec, Error, VmSpec};
 
 const T: Duration = Duration::from_secs(60);
 

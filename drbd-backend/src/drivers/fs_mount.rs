@@ -2,7 +2,7 @@
 //! something holds it, telling whether it is mounted, and proving it still takes writes.
 //!
 //! - [`FsMount::mounted`] reads `/proc/self/mountinfo` under the deadline and parses it
-//!   with [`hanfs_common::mountinfo`].
+//!   with [`common::mountinfo`].
 //! - [`FsMount`] runs `mount`/`umount` through [`command::run`]; unmount falls back
 //!   from plain to `-f` to `-l`, each step under the deadline.
 //! - [`probe_writable`] writes, fsyncs and removes a file on a thread of its own under
@@ -10,7 +10,7 @@
 //!   number of stuck probes is bounded.
 
 use crate::drivers::command::{self, CommandError};
-use hanfs_common::mountinfo::{self, MountInfo};
+use common::mountinfo::{self, MountInfo};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -8,19 +8,19 @@
 
 use super::agent::{Stack, StackObservation, Unhealthy};
 use super::decide::{Disk, DrbdView, Role, StackAction, StackView};
-use crate::api::StoreSlot;
 use crate::drivers::drbd::{self, ConnectionState, DiskState, Drbd};
 use crate::drivers::fs_mount::FsMount;
 use crate::drivers::nfsd::{Daemon, Nfsd};
 use crate::drivers::tickle;
 use crate::drivers::vip::{GarpConfig, Vip};
-use crate::volumes::store::CapacityPolicy;
-use crate::volumes::{StoreConfig, VolumeStore};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use volumes::api::StoreSlot;
+use volumes::store::CapacityPolicy;
+use volumes::{StoreConfig, VolumeStore};
 
 /// Deadline of the write probe on the replicated filesystem.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

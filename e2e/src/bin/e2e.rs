@@ -17,11 +17,11 @@
 //! Prints the tables on stdout and ends with `e2e: N passed, M failed`.
 //! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
 
-use hanfs_e2e::cluster::HanfsCluster;
-use hanfs_e2e::kube_pods::{Artifacts, KubeNode};
-use hanfs_e2e::scenarios::{ALL, Runner, UNDER_POD};
-use hanfs_e2e::writer::Trial;
-use hanfs_e2e::{Clock, Error, report, sanity, stock, volume_checks};
+use e2e::cluster::HanfsCluster;
+use e2e::kube_pods::{Artifacts, KubeNode};
+use e2e::scenarios::{ALL, Runner, UNDER_POD};
+use e2e::writer::Trial;
+use e2e::{Clock, Error, report, sanity, stock, volume_checks};
 
 struct Plan {
     /// Boot the hanfs installation at all.
@@ -123,7 +123,7 @@ struct Outcome {
 fn run_hanfs(clock: Clock, plan: &Plan, outcome: &mut Outcome) -> Result<(), Error> {
     // The kubelet node's parts are built before the VMs boot (its data disk among them).
     let artifacts = if plan.pods {
-        let (repo, bins) = hanfs_e2e::cluster::repo_and_bins()?;
+        let (repo, bins) = e2e::cluster::repo_and_bins()?;
         Some(Artifacts::build(clock, &repo, &bins)?)
     } else {
         None

@@ -7,11 +7,14 @@
 //! - [`copy`]: tree copies by reflink (`FICLONE`) with a reported full-copy fallback.
 //! - [`locks`]: per-name locks so that concurrent calls on one name answer ABORTED.
 //! - [`store`]: [`VolumeStore`], the operations themselves.
+//! - [`api`]: the gRPC server for `backend.proto`: validated names at the edge, blocking
+//!   work off the async runtime, [`VolumeError`] mapped to status codes in one place.
 //!
 //! Crash safety: every create builds in `.hanfs/tmp/` and `rename`s into place, every
 //! delete `rename`s into `.hanfs/trash/` before removing; so a volume is either
 //! complete or absent, and a restart sweeps what an interrupted call left behind.
 
+pub mod api;
 pub mod copy;
 pub mod error;
 pub mod layout;

@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
-use hanfs_backend::volumes::meta::{CopyMethod, OnDelete};
-use hanfs_backend::volumes::store::{CapacityPolicy, CreateVolume, SourceRef};
-use hanfs_backend::volumes::{StoreConfig, VolumeStore};
-use hanfs_common::ids::{SnapshotName, VolumeDir};
+use common::ids::{SnapshotName, VolumeDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use volumes::meta::{CopyMethod, OnDelete};
+use volumes::store::{CapacityPolicy, CreateVolume, SourceRef};
+use volumes::{StoreConfig, VolumeStore};
 
 /// Unmounts the image when the test ends, also when it fails.
 struct LoopMount {

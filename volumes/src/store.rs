@@ -10,7 +10,7 @@ use super::layout::{self, Layout};
 use super::locks::{Access, LockGuard, NameLocks};
 use super::meta::{self, CopyMethod, OnDelete, SnapshotMeta, Source, VolumeMeta};
 use super::quota::{self, QuotaSupport};
-use hanfs_common::ids::{SnapshotName, VolumeDir};
+use common::ids::{SnapshotName, VolumeDir};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -4,14 +4,14 @@
 //!
 //! When an auth token is configured every call must carry `authorization: Bearer <token>`.
 
-use crate::volumes::meta::{CopyMethod, OnDelete, Source};
-use crate::volumes::store::{
+use crate::meta::{CopyMethod, OnDelete, Source};
+use crate::store::{
     CapacityInfo, CapacityPolicy, CreateVolume, DeleteOutcome, SnapshotInfo, SourceRef, VolumeInfo,
 };
-use crate::volumes::{VolumeError, VolumeStore};
-use hanfs_common::ids::{IdError, SnapshotName, VolumeDir};
-use hanfs_proto::backend::v1 as pb;
-use hanfs_proto::backend::v1::volumes_server::{Volumes, VolumesServer};
+use crate::{VolumeError, VolumeStore};
+use common::ids::{IdError, SnapshotName, VolumeDir};
+use proto::backend::v1 as pb;
+use proto::backend::v1::volumes_server::{Volumes, VolumesServer};
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -477,7 +477,7 @@ impl Volumes for VolumeApi {
             reflink_detail: s.reflink_detail,
             volume_count: s.volume_count as u32,
             snapshot_count: s.snapshot_count as u32,
-            version: hanfs_common::VERSION.to_owned(),
+            version: common::VERSION.to_owned(),
             capacity_policy: policy_to_pb(s.capacity_policy) as i32,
         }))
     }

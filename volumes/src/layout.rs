@@ -13,7 +13,7 @@
 //! ```
 
 use super::error::{Result, VolumeError};
-use hanfs_common::ids::{SnapshotName, VolumeDir};
+use common::ids::{SnapshotName, VolumeDir};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]

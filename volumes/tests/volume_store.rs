@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
-use hanfs_backend::volumes::copy::CopyHook;
-use hanfs_backend::volumes::meta::{CopyMethod, OnDelete};
-use hanfs_backend::volumes::store::{CapacityPolicy, CreateVolume, DeleteOutcome, SourceRef};
-use hanfs_backend::volumes::{StoreConfig, VolumeError, VolumeStore};
-use hanfs_common::ids::{SnapshotName, VolumeDir};
+use common::ids::{SnapshotName, VolumeDir};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
+use volumes::copy::CopyHook;
+use volumes::meta::{CopyMethod, OnDelete};
+use volumes::store::{CapacityPolicy, CreateVolume, DeleteOutcome, SourceRef};
+use volumes::{StoreConfig, VolumeError, VolumeStore};
 
 const MIB: i64 = 1 << 20;
 
