@@ -66,8 +66,8 @@ fi
 python3 "$repo/csi-sanity/skipped.py" "$work/junit.xml"
 
 # After-run checks: what the parameters promised really happened.
-leftover=$(ls "$work/export/volumes" | wc -l)
-archived=$(ls "$work/export/archived" | wc -l)
+leftover=$(find "$work/export/volumes" -mindepth 1 -maxdepth 1 | wc -l)
+archived=$(find "$work/export/archived" -mindepth 1 -maxdepth 1 | wc -l)
 [ "$leftover" -eq 0 ] || { echo "FAIL: $leftover volumes left in export/volumes after csi-sanity cleaned up"; exit 1; }
 [ "$archived" -gt 0 ] || { echo "FAIL: no volume was archived although the ModifyVolume specs set onDelete=archive"; exit 1; }
 for d in "$work"/export/archived/*; do

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every hanfs test: unit and integration tests (real bind mounts, a real
+# Runs every hanfs test: first the code gates (rustfmt, clippy -D warnings, shellcheck of
+# every script: scripts/gates.sh), then unit and integration tests (real bind mounts, a real
 # loop-mounted XFS, real gRPC over unix sockets, VIPs and tickle ACKs in network
 # namespaces, two HA agents against a real kube-apiserver + etcd, the HA property
 # tests, the Kubernetes API flows: kube-apiserver + kube-controller-manager + the real
@@ -19,27 +20,10 @@ cd "$(dirname "$0")/.."
 log=$(mktemp /tmp/hanfs-test.XXXXXX.log)
 trap 'rm -f "$log"' EXIT
 
-echo "== build"
-cargo build --bins
-
-echo "== cargo test (unit + integration)"
-set +e
-cargo test --workspace 2>&1 | tee "$log"
-cargo_rc=${PIPESTATUS[0]}
-set -e
-# libtest's "test result:" lines, plus the property-test binary's own "ha_model: N passed, N failed".
-cargo_passed=$(grep -E "^(test result:|ha_model: [0-9]+ passed)" "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
-cargo_failed=$(grep -E "^(test result:|ha_model: [0-9]+ passed)" "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
-if [ "$cargo_rc" -ne 0 ]; then
-    echo "cargo test failed (exit $cargo_rc)"
-    echo "cargo: $cargo_passed passed, $cargo_failed failed"
-    exit 1
-fi
-
 # Runs one suite whose output ends with "<label>: N passed, M failed", adds its counts to
 # the totals, and stops the whole run (printing the totals so far) if it failed.
-total_passed=$cargo_passed
-total_failed=$cargo_failed
+total_passed=0
+total_failed=0
 run_suite() {
     local label=$1
     shift
@@ -61,6 +45,29 @@ run_suite() {
     suite_passed=$passed
 }
 
+echo "== gates: rustfmt, clippy --all-targets -D warnings, shellcheck of every script"
+run_suite gates scripts/gates.sh
+gates_passed=$suite_passed
+
+echo "== build"
+cargo build --bins
+
+echo "== cargo test (unit + integration)"
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+cargo_rc=${PIPESTATUS[0]}
+set -e
+# libtest's "test result:" lines, plus the property-test binary's own "ha_model: N passed, N failed".
+cargo_passed=$(grep -E "^(test result:|ha_model: [0-9]+ passed)" "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+cargo_failed=$(grep -E "^(test result:|ha_model: [0-9]+ passed)" "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+if [ "$cargo_rc" -ne 0 ]; then
+    echo "cargo test failed (exit $cargo_rc)"
+    echo "cargo: $cargo_passed passed, $cargo_failed failed"
+    exit 1
+fi
+total_passed=$((total_passed + cargo_passed))
+total_failed=$((total_failed + cargo_failed))
+
 echo "== csi-sanity against local mode"
 run_suite csi-sanity csi-sanity/run.sh target/debug
 sanity_passed=$suite_passed
@@ -78,5 +85,5 @@ run_suite e2e e2e/run.sh ci
 e2e_passed=$suite_passed
 
 echo "== summary"
-echo "cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart helm-installed on a kubelet, a pod's records read back by a second pod): $e2e_passed passed (no spec skipped by our flags)"
+echo "gates (fmt, clippy, shellcheck): $gates_passed passed; cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart helm-installed on a kubelet, a pod's records read back by a second pod): $e2e_passed passed (no spec skipped by our flags)"
 echo "all: $total_passed passed, $total_failed failed"

@@ -53,8 +53,8 @@ down() {
 up() {
     local id=$1 net=$2 n=$3 core i ns ip
     [[ $id =~ ^[0-9]+-[A-Za-z0-9]+$ ]] || die "id must look like <pid>-<seq>, got '$id'"
-    [[ $net =~ ^[0-9]+$ ]] && [ "$net" -le 255 ] || die "net must be 0-255, got '$net'"
-    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -le 200 ] || die "members must be 0-200, got '$n'"
+    if ! [[ $net =~ ^[0-9]+$ ]] || [ "$net" -gt 255 ]; then die "net must be 0-255, got '$net'"; fi
+    if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -gt 200 ]; then die "members must be 0-200, got '$n'"; fi
     core=$prefix$id-core
     [ -z "$(list | grep -x "$core" || true)" ] || die "$core exists already"
     # rc is assigned inside the trap string itself (shellcheck cannot see that).

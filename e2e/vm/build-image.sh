@@ -26,7 +26,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SUITE=bookworm
 PACKAGES=linux-image-amd64,drbd-utils,nfs-kernel-server,nfs-common,xfsprogs,e2fsprogs,iproute2,iputils-arping,iputils-ping,procps,util-linux,kmod,busybox-static,runc,containernetworking-plugins,iptables,conntrack
 # Loaded by the initramfs, with their dependencies.
-INITRD_MODULES="virtio_pci virtio_blk virtio_net 9pnet_virtio 9p ext4 crc32c_generic"
+INITRD_MODULES=(virtio_pci virtio_blk virtio_net 9pnet_virtio 9p ext4 crc32c_generic)
 
 log() { echo "build-image: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -92,6 +92,7 @@ kver=$(ls "$root/lib/modules")
 mkdir -p "$tmp/out"
 cp "$root/boot/vmlinuz-$kver" "$tmp/out/vmlinuz"
 echo "$kver" >"$tmp/out/kernel-version"
+# shellcheck disable=SC2016 # dpkg-query's own format string, not shell expansion
 chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' >"$tmp/out/packages"
 
 # Initramfs: busybox, the modules in dependency order, initramfs-init.sh as /init.
@@ -101,7 +102,7 @@ cp "$root/bin/busybox" "$ir/bin/busybox"
 for a in sh mount umount insmod switch_root sleep cat mkdir echo; do
     ln -s busybox "$ir/bin/$a"
 done
-chroot "$root" modprobe -a -S "$kver" --show-depends $INITRD_MODULES >"$tmp/show-depends"
+chroot "$root" modprobe -a -S "$kver" --show-depends "${INITRD_MODULES[@]}" >"$tmp/show-depends"
 : >"$ir/lib/modules/order"
 while read -r kind path _; do
     [ "$kind" = insmod ] || continue # "builtin <name>": nothing to load
@@ -139,7 +140,7 @@ echo "hanfs-vm" >"$root/etc/hostname"
 : >"$root/etc/fstab"
 
 used_kb=$(du -sk "$root" | cut -f1)
-size_mb=$((used_kb / 1024 * 13 / 10 + 128))
+size_mb=$((used_kb * 13 / 10240 + 128))
 mkfs.ext4 -q -F -L hanfs-root -m 0 -E root_owner=0:0 -d "$root" "$tmp/out/root.ext4" "${size_mb}M" >&2 ||
     die "mkfs.ext4 -d failed"
 
@@ -150,6 +151,7 @@ elapsed=$(($(date +%s) - start))
 log "built $out in $elapsed s: root tree $((used_kb / 1024)) MB, root.ext4 ${size_mb} MB" \
     "(allocated $(du -sm "$out/root.ext4" | cut -f1) MB), kernel $kver," \
     "initrd $(du -k "$out/initrd.img" | cut -f1) KB"
+# shellcheck disable=SC2012 # newest first by mtime; the names are our own hex keys
 ls -dt "$cache"/vm-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f] |
     tail -n +"$((${HANFS_VM_KEEP_IMAGES:-2} + 1))" | while read -r old; do
     log "removing old image $old"

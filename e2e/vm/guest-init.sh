@@ -47,8 +47,9 @@ ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 
-NAME=guest IP= HOSTS= GW=
-for w in $(cat /proc/cmdline); do
+NAME=guest IP='' HOSTS='' GW=''
+read -r cmdline </proc/cmdline
+for w in $cmdline; do
     case $w in
     hanfs.name=*) NAME=${w#*=} ;;
     hanfs.ip=*) IP=${w#*=} ;;

@@ -15,7 +15,8 @@ while read -r m; do
 done </lib/modules/order
 
 root=/dev/vda
-for w in $(cat /proc/cmdline); do
+read -r cmdline </proc/cmdline
+for w in $cmdline; do
     case $w in root=*) root=${w#root=} ;; esac
 done
 i=0

@@ -42,7 +42,7 @@ kill_pidfile() {
 
 net_up() {
     local ns=$1 cidr=$2 n=$3 i
-    [[ $n =~ ^[0-9]+$ ]] && [ "$n" -le 64 ] || die "ntaps must be 0-64, got '$n'"
+    if ! [[ $n =~ ^[0-9]+$ ]] || [ "$n" -gt 64 ]; then die "ntaps must be 0-64, got '$n'"; fi
     ip netns list | awk '{print $1}' | grep -qx -- "$ns" && die "namespace $ns exists already"
     trap 'rc=$?; [ $rc -eq 0 ] || net_down "$ns"; exit $rc' EXIT
     ip netns add "$ns"
