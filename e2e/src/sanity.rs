@@ -85,22 +85,24 @@ pub fn run(hc: &HanfsCluster) -> Result<SanityResult, Error> {
                 tail(&text, 60)
             )
         })?;
-    let count = |label: &str| -> usize {
+    // ginkgo's summary always names all four counts: a missing one means the format
+    // changed, and reading it as 0 could turn failures into a pass.
+    let count = |label: &str| -> Result<usize, Error> {
         summary
             .split('|')
             .find(|part| part.contains(label))
             .and_then(|part| part.split_whitespace().find_map(|w| w.parse().ok()))
-            .unwrap_or(0)
+            .ok_or_else(|| format!("csi-sanity summary {summary:?} has no {label} count").into())
     };
     let skips = Command::new("python3")
         .arg(hc.repo.join("csi-sanity/skipped.py"))
         .arg(&junit)
         .output()?;
     let mut result = SanityResult {
-        passed: count("Passed"),
-        failed: count("Failed"),
-        skipped: count("Skipped"),
-        pending: count("Pending"),
+        passed: count("Passed")?,
+        failed: count("Failed")?,
+        skipped: count("Skipped")?,
+        pending: count("Pending")?,
         skip_reasons: String::from_utf8_lossy(&skips.stdout)
             .lines()
             .map(str::to_owned)

@@ -31,6 +31,31 @@ pub const ALL: &[&str] = &[
     "cold-restart",
 ];
 
+/// The longest client stall a failover trial may show and still pass: generous (the
+/// matrix's failovers stall 2–13 s here, TCG on 2 cores), so a failover that takes a
+/// minute fails the trial instead of becoming a number in a table. A cold restart of
+/// both servers is an outage, not a failover: its stall is mostly two VM boots.
+pub fn stall_limit(scenario: &str) -> Duration {
+    match scenario {
+        "cold-restart" => Duration::from_secs(240),
+        _ => Duration::from_secs(30),
+    }
+}
+
+/// Fails `trial` if its stall is over the scenario's [`stall_limit`].
+fn enforce_stall_limit(trial: &mut Trial, scenario: &str) {
+    let limit = stall_limit(scenario);
+    // NaN (no measurable stall) is not within any limit.
+    let within = trial.stall_s.is_finite() && trial.stall_s <= limit.as_secs_f64();
+    if !within {
+        trial.broken.push(format!(
+            "stall {:.2} s over the {} s limit of a {scenario} trial",
+            trial.stall_s,
+            limit.as_secs()
+        ));
+    }
+}
+
 /// The scenarios that also run under a pod (`pod-<name>`: the writer is a workload pod on
 /// the client VM's kubelet, its volume provisioned and mounted by the chart's pods).
 pub const UNDER_POD: &[&str] = &["hard-kill", "switchover"];
@@ -94,9 +119,13 @@ impl<'a> Runner<'a> {
             self.under_pod = true;
             let result = self.run_base(base, lock);
             self.under_pod = false;
-            return result;
+            let mut trial = result?;
+            enforce_stall_limit(&mut trial, base);
+            return Ok(trial);
         }
-        self.run_base(name, lock)
+        let mut trial = self.run_base(name, lock)?;
+        enforce_stall_limit(&mut trial, name);
+        Ok(trial)
     }
 
     fn run_base(&mut self, name: &str, lock: bool) -> Result<Trial, Error> {
@@ -289,5 +318,61 @@ impl<'a> Runner<'a> {
                 .push("the up-to-date node did not win the cold start".into());
         }
         Ok(trial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(stall_s: f64) -> Trial {
+        Trial {
+            setup: "hanfs",
+            scenario: "hard-kill".into(),
+            lock: true,
+            stall_s,
+            acked: 10,
+            lost: 0,
+            io_errors: 0,
+            locks_lost: 0,
+            split_brain: 0,
+            stale_handles: 0,
+            notes: Vec::new(),
+            broken: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_failover_over_the_limit_fails_the_trial() {
+        let mut slow = trial(61.0);
+        enforce_stall_limit(&mut slow, "hard-kill");
+        assert!(!slow.clean(), "{:?}", slow.broken);
+        let mut fast = trial(8.0);
+        enforce_stall_limit(&mut fast, "hard-kill");
+        assert!(fast.clean(), "{:?}", fast.broken);
+    }
+
+    #[test]
+    fn an_unmeasurable_stall_fails_the_trial() {
+        let mut nan = trial(f64::NAN);
+        enforce_stall_limit(&mut nan, "switchover");
+        assert!(!nan.clean());
+    }
+
+    #[test]
+    fn a_cold_restart_may_take_two_boots_but_not_forever() {
+        let mut boots = trial(53.0);
+        enforce_stall_limit(&mut boots, "cold-restart");
+        assert!(boots.clean());
+        let mut forever = trial(600.0);
+        enforce_stall_limit(&mut forever, "cold-restart");
+        assert!(!forever.clean());
+    }
+
+    #[test]
+    fn every_scenario_has_a_limit_of_at_least_its_measured_stalls() {
+        for name in ALL {
+            assert!(stall_limit(name) >= Duration::from_secs(30), "{name}");
+        }
     }
 }

@@ -34,14 +34,20 @@ pub fn run(hc: &HanfsCluster) -> Result<Vec<Check>, Error> {
         .vm(&active)
         .run("df -B1 --output=avail /export | tail -1", SHORT)?;
     let export_free: u64 = export_free.trim().parse()?;
+    // An unreadable size fails the check rather than reading as "0 bytes got through".
     let written: u64 = fill
         .stdout
         .lines()
         .last()
-        .unwrap_or("0")
+        .ok_or("quota fill: dd printed nothing")?
         .trim()
         .parse()
-        .unwrap_or(0);
+        .map_err(|e| {
+            format!(
+                "quota fill: size of the written file in {:?}: {e}",
+                fill.stdout
+            )
+        })?;
     let refused = fill.stdout.contains("rc=1")
         && (fill.stdout.contains("quota") || fill.stdout.contains("No space"));
     checks.push(Check {

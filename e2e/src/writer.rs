@@ -144,7 +144,7 @@ pub fn run_trial(
         .run("dmesg | grep -c 'lost .* lock' || true", SHORT)?
         .trim()
         .parse()
-        .unwrap_or(0);
+        .map_err(|e| format!("{setup} {scenario}: counting lost locks in dmesg: {e}"))?;
     let stale = client.exec(
         &format!("ls {dir} >/dev/null && echo probe >{dir}/probe && cat {dir}/probe"),
         SHORT,
