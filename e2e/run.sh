@@ -7,6 +7,10 @@
 #                       killed, filesystem broken, replication link cut, API cut,
 #                       switchover 5×, cold restart) and the stock setup's hard kill
 #                       side by side (~45 min here)
+#   e2e/run.sh storage-e2e [--focus REGEX] [--minutes N]
+#                       Kubernetes' external-storage e2e suite (e2e/kube/storage-e2e/)
+#                       against the chart on the client VM's kubelet, thin provisioning;
+#                       passed / failed / skipped per suite and pattern (hours under TCG)
 # Further options go to hanfs-e2e (e.g. --only link-cut,api-cut --skip-sanity).
 # Needs root, qemu-system-x86, debootstrap, Go; one VM cluster at a time.
 set -euo pipefail

@@ -11,6 +11,7 @@
 #     <workdir>/kubeconfig  server, CA data, admin token (AlwaysAllow authorization)
 #     <workdir>/ca.crt      the CA that signed the serving cert
 #     <workdir>/auth-header "Authorization: Bearer <token>" for `curl -H @file`
+#     <workdir>/kubelet-client-ca.crt  the CA a kubelet trusts for the API server's calls
 #     <workdir>/ready       startup seconds; written last, so its presence means ready
 #   and prints "ready in N s: kubeconfig <path>". Logs: <workdir>/<server>.log;
 #   pids: <workdir>/<server>.pid (etcd, kube-apiserver, kube-controller-manager).
@@ -98,6 +99,18 @@ openssl rsa -in "$work/sa.key" -pubout -out "$work/sa.pub" 2>/dev/null
 token=$(cat "$work/token")
 echo "$token,hanfs-admin,hanfs-admin,system:masters" >"$work/tokens.csv"
 printf 'Authorization: Bearer %s\n' "$token" >"$work/auth-header"
+
+# kube-apiserver's client certificate towards kubelets (exec, logs, port-forward), and the
+# CA that signed it: a kubelet that trusts <workdir>/kubelet-client-ca.crt
+# (authentication.x509.clientCAFile) accepts the API server's calls without anonymous auth.
+if [ ! -f "$work/kubelet-client.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=hanfs-test-kubelet-client-ca" \
+        -keyout "$work/kubelet-client-ca.key" -out "$work/kubelet-client-ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+        -keyout "$work/kubelet-client.key" -out "$work/kubelet-client.csr" 2>/dev/null
+    openssl x509 -req -in "$work/kubelet-client.csr" -days 3650 -CA "$work/kubelet-client-ca.crt" \
+        -CAkey "$work/kubelet-client-ca.key" -CAcreateserial -out "$work/kubelet-client.crt" 2>/dev/null
+fi
 chmod 600 "$work/sa.key" "$work/token" "$work/tokens.csv" "$work/auth-header"
 
 # `ip netns exec` execs the command, so $! is the server's own pid.
@@ -138,6 +151,8 @@ ip netns exec "$ns" env "${api_env[@]}" "$bin/kube-apiserver" \
     --authorization-mode AlwaysAllow \
     --allow-privileged=true \
     --anonymous-auth=false \
+    --kubelet-client-certificate "$work/kubelet-client.crt" \
+    --kubelet-client-key "$work/kubelet-client.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$work/sa.pub" \
     --service-account-signing-key-file "$work/sa.key" \

@@ -46,14 +46,16 @@ pub const CLIENT_CPUS: u32 = 2;
 pub const LONG: Duration = Duration::from_secs(120);
 pub const SHORT: Duration = Duration::from_secs(30);
 
-fn agent_config(node: &str, peer: &str) -> String {
+/// `thin`: sizes are limits only (the storage e2e suite asks for more GiB in total than a
+/// test VM's 512 MiB export holds; they never fill them).
+fn agent_config(node: &str, peer: &str, thin: bool) -> String {
     format!(
         r#"{{
   "node": "{node}", "peer": "{peer}",
   "lease": {{ "namespace": "default", "name": "hanfs-export", "duration_ms": {LEASE_MS} }},
   "kubeconfig": "/hanfs/share/kubeconfig",
   "state_dir": "/run/hanfs", "admin_socket": "/run/hanfs/admin.sock",
-  "volume_api": {{ "listen": "tcp://0.0.0.0:9820", "token_file": "/hanfs/share/backend-token" }},
+  "volume_api": {{ "listen": "tcp://0.0.0.0:9820", "token_file": "/hanfs/share/backend-token", "thin": {thin} }},
   "drbd": {{ "resource": "r0", "device": "/dev/drbd0" }},
   "filesystem": {{ "mountpoint": "/export", "fstype": "xfs", "options": ["prjquota"] }},
   "nfsd": {{ "scope": "hanfs-nfs", "lease_secs": 10, "grace_secs": 10, "threads": 8 }},
@@ -211,12 +213,13 @@ impl HanfsCluster {
     /// Boots everything and returns once one storage VM serves the VIP and the node
     /// plugin and controller answer.
     pub fn start(clock: Clock) -> Result<Self, Error> {
-        Self::start_with(clock, None)
+        Self::start_with(clock, None, false)
     }
 
     /// [`HanfsCluster::start`] with the client's data disk starting as `client_disk` (the
-    /// kubelet node's containerd store, see `kube_pods::Artifacts`).
-    pub fn start_with(clock: Clock, client_disk: Option<&Path>) -> Result<Self, Error> {
+    /// kubelet node's containerd store, see `kube_pods::Artifacts`), and thin provisioning
+    /// if `thin`.
+    pub fn start_with(clock: Clock, client_disk: Option<&Path>, thin: bool) -> Result<Self, Error> {
         let (repo, bins) = repo_and_bins()?;
         let cluster = Cluster::start(vm_spec(&bins, client_disk))?;
         clock.log(&format!(
@@ -247,11 +250,11 @@ impl HanfsCluster {
             api: Some(api),
             cluster,
         };
-        hc.install()?;
+        hc.install(thin)?;
         Ok(hc)
     }
 
-    fn install(&mut self) -> Result<(), Error> {
+    fn install(&mut self, thin: bool) -> Result<(), Error> {
         let resource = fs::read_to_string(self.repo.join("e2e/storage/drbd-r0.res"))?;
         let token = format!("e2e-{}", std::process::id());
         fs::write(self.workdir().join("backend-token"), &token)?;
@@ -266,7 +269,10 @@ impl HanfsCluster {
             fs::write(share.join("r0.res"), &resource)?;
             fs::copy(&kubeconfig, share.join("kubeconfig"))?;
             fs::write(share.join("backend-token"), &token)?;
-            fs::write(share.join("agent.json"), agent_config(name, STORAGE[1 - i]))?;
+            fs::write(
+                share.join("agent.json"),
+                agent_config(name, STORAGE[1 - i], thin),
+            )?;
         }
         crate::writer::install(self.client())?;
         for name in STORAGE {

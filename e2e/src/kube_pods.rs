@@ -19,6 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::csi_sidecars::{Binaries, Sidecar};
 use testkit::kube::KubeApiServer;
 
 /// The namespace the chart is installed into and the workloads run in.
@@ -178,6 +179,9 @@ pub struct KubeNode<'a> {
     hc: &'a HanfsCluster,
     kube: &'a KubeApiServer,
     helm: PathBuf,
+    /// The cluster's snapshot-controller (a cluster component, not the driver's: the
+    /// chart's csi-snapshotter needs it and the snapshot CRDs). Stops on drop.
+    _snapshot_controller: Sidecar,
 }
 
 /// Everything the kubelet node and the chart need, built (or found cached) on the host
@@ -187,13 +191,21 @@ pub struct Artifacts {
     kube_bin: PathBuf,
     containerd_bin: PathBuf,
     helm: PathBuf,
+    sidecars: Binaries,
     /// ext4 image of containerd's store with [`NODE_IMAGES`] imported and unpacked: the
     /// client VM's data disk.
     pub client_disk: PathBuf,
 }
 
 impl Artifacts {
-    pub fn build(clock: Clock, repo: &Path, bins: &Path) -> Result<Self, Error> {
+    /// `extra_images`: more OCI archives for the node's store (the storage e2e suite's
+    /// test images).
+    pub fn build(
+        clock: Clock,
+        repo: &Path,
+        bins: &Path,
+        extra_images: &[PathBuf],
+    ) -> Result<Self, Error> {
         let kube_bin = testkit::kube::binaries()?;
         let containerd_bin = built(repo, "e2e/kube/build-containerd.sh", &[])?;
         let helm_bin = built(repo, "e2e/kube/build-helm.sh", &[])?;
@@ -219,6 +231,7 @@ impl Artifacts {
                 .iter()
                 .map(|name| images.join(format!("{name}.oci.tar")).display().to_string()),
         );
+        disk_args.extend(extra_images.iter().map(|p| p.display().to_string()));
         let disk_args: Vec<&str> = disk_args.iter().map(String::as_str).collect();
         let disk = built_file(repo, "e2e/kubelet/containerd-disk.sh", &disk_args)?;
         clock.log(
@@ -228,9 +241,58 @@ impl Artifacts {
             kube_bin,
             containerd_bin,
             helm: helm_bin.join("helm"),
+            sidecars: Binaries {
+                crd: sidecar_bin.with_file_name("crd"),
+                bin: sidecar_bin,
+            },
             client_disk: disk,
         })
     }
+}
+
+/// What every cluster with CSI snapshots runs besides the driver: the snapshot CRDs
+/// (created and Established) and the snapshot-controller, here a host process in the
+/// cluster's namespace (no image of it is built).
+fn snapshot_support(
+    hc: &HanfsCluster,
+    kube: &KubeApiServer,
+    sidecars: &Binaries,
+) -> Result<Sidecar, Error> {
+    for crd in sidecars.crds()? {
+        let (code, body) = kube.curl_file(
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            &crd,
+            "application/yaml",
+        )?;
+        if code != 201 {
+            return Err(format!("creating CRD {}: HTTP {code}: {body}", crd.display()).into());
+        }
+    }
+    let api = Api(kube);
+    for crd in [
+        "volumesnapshots",
+        "volumesnapshotcontents",
+        "volumesnapshotclasses",
+    ] {
+        api.wait(
+            &format!(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}.snapshot.storage.k8s.io"
+            ),
+            LONG,
+            |c| Ok(condition_true(c, "Established")),
+        )?;
+    }
+    let controller = Sidecar::start(
+        "snapshot-controller",
+        kube.core_ns(),
+        &sidecars.path("snapshot-controller"),
+        &[format!("--kubeconfig={}", kube.kubeconfig().display())],
+        &hc.workdir().join("snapshot-controller.log"),
+    )?;
+    hc.clock
+        .log("snapshot CRDs Established, snapshot-controller started");
+    Ok(controller)
 }
 
 impl<'a> KubeNode<'a> {
@@ -271,11 +333,17 @@ impl<'a> KubeNode<'a> {
         }
         let kube = hc.api()?;
         fs::copy(kube.kubeconfig(), share.join("kubeconfig"))?;
+        fs::copy(
+            kube.workdir().join("kubelet-client-ca.crt"),
+            share.join("kubelet-client-ca.crt"),
+        )?;
 
+        let snapshot_controller = snapshot_support(hc, kube, &artifacts.sidecars)?;
         let node = KubeNode {
             hc,
             kube,
             helm: artifacts.helm.clone(),
+            _snapshot_controller: snapshot_controller,
         };
         let up = hc
             .client()
@@ -457,6 +525,18 @@ impl<'a> KubeNode<'a> {
             .join("\n"))
     }
 
+    /// The pod's log as `kubectl logs` gets it: the API server asks the kubelet (port 10250,
+    /// authenticated by the client certificate e2e/kube/start.sh made). The storage e2e
+    /// suite execs into pods and reads their logs this way.
+    pub fn pod_log_via_api(&self, name: &str) -> Result<String, Error> {
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}/log?container=writer");
+        let (code, body) = self.kube.curl("GET", &path, None)?;
+        if code != 200 {
+            return Err(format!("GET {path}: HTTP {code}: {body}").into());
+        }
+        Ok(body)
+    }
+
     pub fn delete_pod(&self, name: &str) -> Result<(), Error> {
         let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
         self.api().delete(&path)?;
@@ -489,6 +569,15 @@ impl<'a> KubeNode<'a> {
         self.start_pod("writer", "records", &["write", "/data/records.log", "10"])?;
         self.wait_pod("writer", "Succeeded", START_LIMIT)?;
         let acks = self.pod_log("writer")?;
+        let via_api = self.pod_log_via_api("writer")?;
+        if via_api.trim_end() != acks.trim_end() {
+            return Err(format!(
+                "the writer's log through the API server (kubelet :10250) differs from the node's file: {} vs {} lines",
+                via_api.lines().count(),
+                acks.lines().count()
+            )
+            .into());
+        }
         clock.log(&format!(
             "writer pod done {:.1}s after the PVC was created",
             started.elapsed().as_secs_f64()
@@ -508,7 +597,7 @@ impl<'a> KubeNode<'a> {
             .into());
         }
         Ok(format!(
-            "pod write/read over NFS: {} records acknowledged by pod writer, all {} read back by pod reader ({})",
+            "pod write/read over NFS: {} records acknowledged by pod writer, all {} read back by pod reader ({}); the writer's log also read through the API server from kubelet",
             m.acked,
             m.acked,
             read.lines().next().unwrap_or_default()

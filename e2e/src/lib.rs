@@ -10,9 +10,11 @@
 //!   records; [`stock`]: the same hard kill with the hand-built setup people run today.
 //! - [`kube_pods`]: the client VM as a kubelet node, the chart `helm install`ed, workload
 //!   pods writing through failovers.
+//! - [`storage_suite`]: Kubernetes' external-storage e2e suite against that node.
 //! - [`report`]: the tables.
 //!
-//! The binary `hanfs-e2e` runs the CI subset (`ci`) or the full matrix (`matrix`).
+//! The binary `hanfs-e2e` runs the CI subset (`ci`), the full matrix (`matrix`) or the
+//! storage e2e suite (`storage-e2e`).
 
 pub mod cluster;
 pub mod kube_pods;
@@ -20,6 +22,7 @@ pub mod report;
 pub mod sanity;
 pub mod scenarios;
 pub mod stock;
+pub mod storage_suite;
 pub mod volume_checks;
 pub mod writer;
 

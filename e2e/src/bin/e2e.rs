@@ -21,7 +21,7 @@ use e2e::cluster::HanfsCluster;
 use e2e::kube_pods::{Artifacts, KubeNode};
 use e2e::scenarios::{ALL, Runner, UNDER_POD};
 use e2e::writer::Trial;
-use e2e::{Clock, Error, report, sanity, stock, volume_checks};
+use e2e::{Clock, Error, report, sanity, stock, storage_suite, volume_checks};
 
 struct Plan {
     /// Boot the hanfs installation at all.
@@ -36,6 +36,9 @@ struct Plan {
     pod_trials: Vec<(String, bool)>,
     /// Locks of the stock setup's hard-kill trials (empty: no stock run).
     stock: Vec<bool>,
+    /// Run Kubernetes' storage e2e suite on the kubelet node (focus: run.sh's default
+    /// unless given), bounded by the minutes given.
+    storage_e2e: Option<(Option<String>, u64)>,
 }
 
 fn plan(args: &[String]) -> Result<Plan, Error> {
@@ -56,7 +59,15 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
     let mut pod_trials = Vec::new();
     let mut stock = Vec::new();
     let mut hanfs = true;
+    let mut storage_e2e = None;
+    let mut quick = false;
     match mode {
+        "storage-e2e" => {
+            // Only what the suite needs: the cluster, the kubelet node and the chart.
+            quick = true;
+            let minutes = number("--minutes", 240)? as u64;
+            storage_e2e = Some((value("--focus").map(str::to_owned), minutes));
+        }
         "stock" => {
             hanfs = false;
             stock = vec![true, false];
@@ -95,20 +106,21 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                 stock = vec![true, false];
             }
         }
-        _ => return Err("usage: hanfs-e2e ci|matrix|stock [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N]".into()),
+        _ => return Err("usage: hanfs-e2e ci|matrix|stock [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
     }
-    let pods = hanfs && !flag("--skip-pods");
+    let pods = hanfs && (storage_e2e.is_some() || !flag("--skip-pods"));
     if !pods {
         pod_trials.clear();
     }
     Ok(Plan {
         hanfs,
-        sanity: !flag("--skip-sanity"),
-        checks: !flag("--skip-checks"),
+        sanity: !quick && !flag("--skip-sanity"),
+        checks: !quick && !flag("--skip-checks"),
         trials,
         pods,
         pod_trials,
         stock,
+        storage_e2e,
     })
 }
 
@@ -124,11 +136,20 @@ fn run_hanfs(clock: Clock, plan: &Plan, outcome: &mut Outcome) -> Result<(), Err
     // The kubelet node's parts are built before the VMs boot (its data disk among them).
     let artifacts = if plan.pods {
         let (repo, bins) = e2e::cluster::repo_and_bins()?;
-        Some(Artifacts::build(clock, &repo, &bins)?)
+        let test_images = if plan.storage_e2e.is_some() {
+            storage_suite::test_images(&repo)?
+        } else {
+            Vec::new()
+        };
+        Some(Artifacts::build(clock, &repo, &bins, &test_images)?)
     } else {
         None
     };
-    let hc = HanfsCluster::start_with(clock, artifacts.as_ref().map(|a| a.client_disk.as_path()))?;
+    let hc = HanfsCluster::start_with(
+        clock,
+        artifacts.as_ref().map(|a| a.client_disk.as_path()),
+        plan.storage_e2e.is_some(),
+    )?;
     let result = run_on(&hc, plan, artifacts.as_ref(), outcome);
     if result.is_err() {
         hc.dump_logs();
@@ -192,6 +213,27 @@ fn run_on(
             outcome.lines.push(format!("pod write/read FAILED: {e}"));
             outcome.failed += 1;
         }
+    }
+    if let Some((focus, minutes)) = &plan.storage_e2e {
+        let suite = storage_suite::run(
+            hc,
+            hc.api()?,
+            focus.as_deref(),
+            std::time::Duration::from_secs(minutes * 60),
+        )?;
+        outcome.lines.push(format!(
+            "Kubernetes storage e2e suite: {} passed, {} failed, {} skipped in {:.0} s (report {})",
+            suite.passed,
+            suite.failed,
+            suite.skipped,
+            suite.seconds,
+            suite.report_dir.display()
+        ));
+        outcome
+            .lines
+            .extend(suite.summary.lines().map(str::to_owned));
+        outcome.passed += suite.passed;
+        outcome.failed += suite.failed;
     }
     let mut runner = Runner::new(hc, target).with_pods(&node);
     run_trials(hc, &mut runner, &plan.pod_trials, outcome)
