@@ -8,8 +8,9 @@
 //! - [`backend::v1`]: our volume API between the CSI controller and the storage
 //!   servers (`backend.proto` in this crate).
 //!
-//! CSI requests that carry `secrets` get a hand-written `Debug` (module `redact`) that
-//! prints no secret, so logging a request can never leak one.
+//! CSI messages that carry secrets get a generated `Debug` that prints no secret (found
+//! in the descriptors by build.rs, see [`redact`]), so logging a request can never leak
+//! one; [`redact::debug_request`] prints any CSI request from its wire bytes that way.
 
 pub mod csi {
     pub mod v1 {
@@ -31,4 +32,4 @@ pub mod backend {
     }
 }
 
-mod redact;
+pub mod redact;
