@@ -6,6 +6,8 @@
 //!   shutdown signal, and dialling one.
 //! - [`identity`]: the CSI Identity service both CSI binaries serve.
 //! - [`logging`]: tracing setup (text or JSON).
+//! - [`rpc_trace`]: the tower layer that logs every CSI call once (method, request with
+//!   secrets redacted, gRPC code, duration); both CSI binaries wrap their services in it.
 //! - [`mountinfo`]: pure parser of `/proc/self/mountinfo` and lookups in the table
 //!   (what is mounted where, from which device); the node and the backend both read it.
 
@@ -14,6 +16,7 @@ pub mod identity;
 pub mod ids;
 pub mod logging;
 pub mod mountinfo;
+pub mod rpc_trace;
 
 /// The CSI driver name unless configured otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "hanfs.csi.io";

@@ -7,11 +7,13 @@
 //!   (a superset of csi-driver-nfs's), parsed and validated without I/O.
 //! - [`capabilities`]: which volume capabilities hanfs serves, checked without I/O.
 //! - [`service`]: the Controller service: CSI semantics over backend calls.
+//! - [`error`]: the service's errors and their one mapping to CSI status codes.
 //! - [`backend`]: the authenticated client of the backend volume API.
 //! - [`health`]: `grpc.health.v1`, SERVING while the backend answers (background check).
 
 pub mod backend;
 pub mod capabilities;
+pub mod error;
 pub mod health;
 pub mod params;
 pub mod service;

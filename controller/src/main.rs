@@ -5,6 +5,7 @@ use clap::Parser;
 use common::endpoint::{self, Endpoint, Listener};
 use common::identity::{IdentityService, ReadinessCheck};
 use common::ids::ClusterId;
+use common::rpc_trace::traced;
 use controller::health::{self, HealthConfig};
 use controller::params::ExportConfig;
 use controller::service::ControllerService;
@@ -116,8 +117,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let _ = rx.wait_for(|stopped| *stopped).await;
     };
     let router = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(controller))
+        .add_service(traced(IdentityServer::new(identity)))
+        .add_service(traced(ControllerServer::new(controller)))
         .add_service(health_server.clone());
     let mut csi = tokio::spawn(endpoint::serve(router, listener, stopped(stop_rx.clone())));
     let mut health_tcp = health_listener.map(|listener| {

@@ -3,18 +3,15 @@
 
 use crate::backend::BackendClient;
 use crate::capabilities;
-use crate::params::{self, ExportConfig, OnDelete, ParamError};
-use common::ids::{
-    self, ClusterId, IdError, RequestName, SnapshotId, SnapshotName, VolumeDir, VolumeId,
-};
+use crate::error::ControllerError;
+use crate::params::{self, ExportConfig, OnDelete};
+use common::ids::{self, ClusterId, RequestName, SnapshotId, SnapshotName, VolumeDir, VolumeId};
 use proto::backend::v1 as be;
 use proto::csi::v1 as csi;
 use proto::csi::v1::controller_server::Controller;
 use proto::csi::v1::controller_service_capability::rpc::Type as Rpc;
 use std::collections::HashMap;
-use std::future::Future;
 use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
 
 /// Volume context keys the node plugin reads.
 pub const CONTEXT_SERVER: &str = "server";
@@ -35,15 +32,15 @@ impl ControllerService {
         }
     }
 
-    fn volume_id(&self, dir: &str) -> Result<String, Status> {
+    fn volume_id(&self, dir: &str) -> Result<String, ControllerError> {
         let dir = VolumeDir::parse(dir)
-            .map_err(|e| Status::internal(format!("backend returned a bad directory name: {e}")))?;
+            .map_err(|e| ControllerError::BadBackendReply(format!("a bad directory name: {e}")))?;
         Ok(VolumeId::new(self.cluster.clone(), dir).to_string())
     }
 
-    fn snapshot_id(&self, name: &str) -> Result<String, Status> {
+    fn snapshot_id(&self, name: &str) -> Result<String, ControllerError> {
         let name = SnapshotName::parse(name)
-            .map_err(|e| Status::internal(format!("backend returned a bad snapshot name: {e}")))?;
+            .map_err(|e| ControllerError::BadBackendReply(format!("a bad snapshot name: {e}")))?;
         Ok(SnapshotId::new(self.cluster.clone(), name).to_string())
     }
 
@@ -56,7 +53,7 @@ impl ControllerService {
         context
     }
 
-    fn to_csi_volume(&self, volume: be::Volume) -> Result<csi::Volume, Status> {
+    fn to_csi_volume(&self, volume: be::Volume) -> Result<csi::Volume, ControllerError> {
         let content_source = match &volume.source {
             None => None,
             Some(be::volume::Source::SourceSnapshot(name)) => Some(csi::VolumeContentSource {
@@ -83,7 +80,7 @@ impl ControllerService {
         })
     }
 
-    fn to_csi_snapshot(&self, snapshot: be::Snapshot) -> Result<csi::Snapshot, Status> {
+    fn to_csi_snapshot(&self, snapshot: be::Snapshot) -> Result<csi::Snapshot, ControllerError> {
         Ok(csi::Snapshot {
             size_bytes: snapshot.size_bytes,
             snapshot_id: self.snapshot_id(&snapshot.name)?,
@@ -95,45 +92,46 @@ impl ControllerService {
     }
 
     /// Parses a volume id for a call that must find the volume.
-    fn existing_volume(&self, id: &str) -> Result<VolumeDir, Status> {
+    fn existing_volume(&self, id: &str) -> Result<VolumeDir, ControllerError> {
         if id.is_empty() {
-            return Err(Status::invalid_argument("volume_id is required"));
+            return Err(ControllerError::Missing("volume_id"));
         }
-        VolumeId::parse(id, &self.cluster)
-            .map(|v| v.dir)
-            .map_err(id_status)
+        Ok(VolumeId::parse(id, &self.cluster)?.dir)
     }
 
     async fn create_volume(
         &self,
         r: csi::CreateVolumeRequest,
-    ) -> Result<csi::CreateVolumeResponse, Status> {
-        let name =
-            RequestName::parse(&r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        capabilities::check_all(&r.volume_capabilities).map_err(Status::invalid_argument)?;
-        let params =
-            params::parse_volume_params(&r.parameters, &self.export).map_err(param_status)?;
-        let mutable_on_delete =
-            params::parse_mutable_params(&r.mutable_parameters).map_err(param_status)?;
+    ) -> Result<csi::CreateVolumeResponse, ControllerError> {
+        let name = RequestName::parse(&r.name).map_err(ControllerError::Name)?;
+        capabilities::check_all(&r.volume_capabilities).map_err(ControllerError::Capability)?;
+        let params = params::parse_volume_params(&r.parameters, &self.export)?;
+        let mutable_on_delete = params::parse_mutable_params(&r.mutable_parameters)?;
         let dir = match &params.sub_dir {
-            Some(template) => {
-                params::render_sub_dir(template, &params, &self.cluster).map_err(param_status)?
-            }
+            Some(template) => params::render_sub_dir(template, &params, &self.cluster)?,
             None => VolumeDir::parse(&ids::dir_name_for(&self.cluster, &name))
-                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                .map_err(ControllerError::Name)?,
         };
         let source = match r.volume_content_source.and_then(|s| s.r#type) {
             None => None,
             Some(csi::volume_content_source::Type::Snapshot(s)) => {
-                let id = SnapshotId::parse(&s.snapshot_id, &self.cluster)
-                    .map_err(|e| source_status("snapshot", e))?;
+                let id = SnapshotId::parse(&s.snapshot_id, &self.cluster).map_err(|source| {
+                    ControllerError::ContentSource {
+                        kind: "snapshot",
+                        source,
+                    }
+                })?;
                 Some(be::create_volume_request::Source::SourceSnapshot(
                     id.name.to_string(),
                 ))
             }
             Some(csi::volume_content_source::Type::Volume(v)) => {
-                let id = VolumeId::parse(&v.volume_id, &self.cluster)
-                    .map_err(|e| source_status("volume", e))?;
+                let id = VolumeId::parse(&v.volume_id, &self.cluster).map_err(|source| {
+                    ControllerError::ContentSource {
+                        kind: "volume",
+                        source,
+                    }
+                })?;
                 Some(be::create_volume_request::Source::SourceVolume(
                     id.dir.to_string(),
                 ))
@@ -153,8 +151,7 @@ impl ControllerService {
             .backend
             .clone()
             .create_volume(request)
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         tracing::info!(volume_id = %self.volume_id(&volume.dir)?, capacity = volume.capacity_bytes, "volume ready");
         Ok(csi::CreateVolumeResponse {
@@ -165,9 +162,9 @@ impl ControllerService {
     async fn delete_volume(
         &self,
         r: csi::DeleteVolumeRequest,
-    ) -> Result<csi::DeleteVolumeResponse, Status> {
+    ) -> Result<csi::DeleteVolumeResponse, ControllerError> {
         if r.volume_id.is_empty() {
-            return Err(Status::invalid_argument("volume_id is required"));
+            return Err(ControllerError::Missing("volume_id"));
         }
         let dir = match VolumeId::parse(&r.volume_id, &self.cluster) {
             Ok(id) => id.dir,
@@ -177,7 +174,7 @@ impl ControllerService {
                 tracing::warn!(error = %e, "delete of a volume id this cluster never made: nothing to do");
                 return Ok(csi::DeleteVolumeResponse {});
             }
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         let outcome = self
             .backend
@@ -185,8 +182,7 @@ impl ControllerService {
             .delete_volume(be::DeleteVolumeRequest {
                 dir: dir.to_string(),
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         if !outcome.kept_at.is_empty() {
             tracing::info!(kept_at = %outcome.kept_at, "volume deleted, data kept by its onDelete policy");
@@ -194,27 +190,24 @@ impl ControllerService {
         Ok(csi::DeleteVolumeResponse {})
     }
 
-    async fn get_backend_volume(&self, dir: &VolumeDir) -> Result<be::Volume, Status> {
+    async fn get_backend_volume(&self, dir: &VolumeDir) -> Result<be::Volume, ControllerError> {
         Ok(self
             .backend
             .clone()
             .get_volume(be::GetVolumeRequest {
                 dir: dir.to_string(),
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner())
     }
 
     async fn validate(
         &self,
         r: csi::ValidateVolumeCapabilitiesRequest,
-    ) -> Result<csi::ValidateVolumeCapabilitiesResponse, Status> {
+    ) -> Result<csi::ValidateVolumeCapabilitiesResponse, ControllerError> {
         let dir = self.existing_volume(&r.volume_id)?;
         if r.volume_capabilities.is_empty() {
-            return Err(Status::invalid_argument(
-                "volume_capabilities must not be empty",
-            ));
+            return Err(ControllerError::Missing("volume_capabilities"));
         }
         self.get_backend_volume(&dir).await?;
         let problem = capabilities::check_all(&r.volume_capabilities)
@@ -249,12 +242,9 @@ impl ControllerService {
     async fn list_volumes(
         &self,
         r: csi::ListVolumesRequest,
-    ) -> Result<csi::ListVolumesResponse, Status> {
+    ) -> Result<csi::ListVolumesResponse, ControllerError> {
         if r.max_entries < 0 {
-            return Err(Status::invalid_argument(format!(
-                "max_entries must not be negative, got {}",
-                r.max_entries
-            )));
+            return Err(ControllerError::NegativeMaxEntries(r.max_entries));
         }
         let page = self
             .backend
@@ -263,8 +253,7 @@ impl ControllerService {
                 max_entries: r.max_entries,
                 starting_token: r.starting_token,
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         let mut entries = Vec::with_capacity(page.volumes.len());
         for volume in page.volumes {
@@ -286,7 +275,7 @@ impl ControllerService {
     async fn get_capacity(
         &self,
         r: csi::GetCapacityRequest,
-    ) -> Result<csi::GetCapacityResponse, Status> {
+    ) -> Result<csi::GetCapacityResponse, ControllerError> {
         if !r.volume_capabilities.is_empty()
             && let Err(reason) = capabilities::check_all(&r.volume_capabilities)
         {
@@ -297,13 +286,12 @@ impl ControllerService {
                 ..Default::default()
             });
         }
-        params::parse_volume_params(&r.parameters, &self.export).map_err(param_status)?;
+        params::parse_volume_params(&r.parameters, &self.export)?;
         let capacity = self
             .backend
             .clone()
             .get_capacity(be::GetCapacityRequest {})
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         Ok(csi::GetCapacityResponse {
             available_capacity: capacity.available_bytes,
@@ -315,16 +303,15 @@ impl ControllerService {
     async fn create_snapshot(
         &self,
         r: csi::CreateSnapshotRequest,
-    ) -> Result<csi::CreateSnapshotResponse, Status> {
-        let name =
-            RequestName::parse(&r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    ) -> Result<csi::CreateSnapshotResponse, ControllerError> {
+        let name = RequestName::parse(&r.name).map_err(ControllerError::Name)?;
         if r.source_volume_id.is_empty() {
-            return Err(Status::invalid_argument("source_volume_id is required"));
+            return Err(ControllerError::Missing("source_volume_id"));
         }
-        params::check_snapshot_params(&r.parameters).map_err(param_status)?;
+        params::check_snapshot_params(&r.parameters)?;
         let source = self.existing_volume(&r.source_volume_id)?;
         let snapshot_name = SnapshotName::parse(&ids::dir_name_for(&self.cluster, &name))
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(ControllerError::Name)?;
         let snapshot = self
             .backend
             .clone()
@@ -333,8 +320,7 @@ impl ControllerService {
                 request_name: name.to_string(),
                 source_volume: source.to_string(),
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         Ok(csi::CreateSnapshotResponse {
             snapshot: Some(self.to_csi_snapshot(snapshot)?),
@@ -344,9 +330,9 @@ impl ControllerService {
     async fn delete_snapshot(
         &self,
         r: csi::DeleteSnapshotRequest,
-    ) -> Result<csi::DeleteSnapshotResponse, Status> {
+    ) -> Result<csi::DeleteSnapshotResponse, ControllerError> {
         if r.snapshot_id.is_empty() {
-            return Err(Status::invalid_argument("snapshot_id is required"));
+            return Err(ControllerError::Missing("snapshot_id"));
         }
         let name = match SnapshotId::parse(&r.snapshot_id, &self.cluster) {
             Ok(id) => id.name,
@@ -354,27 +340,23 @@ impl ControllerService {
                 tracing::warn!(error = %e, "delete of a snapshot id this cluster never made: nothing to do");
                 return Ok(csi::DeleteSnapshotResponse {});
             }
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         self.backend
             .clone()
             .delete_snapshot(be::DeleteSnapshotRequest {
                 name: name.to_string(),
             })
-            .await
-            .map_err(backend_status)?;
+            .await?;
         Ok(csi::DeleteSnapshotResponse {})
     }
 
     async fn list_snapshots(
         &self,
         r: csi::ListSnapshotsRequest,
-    ) -> Result<csi::ListSnapshotsResponse, Status> {
+    ) -> Result<csi::ListSnapshotsResponse, ControllerError> {
         if r.max_entries < 0 {
-            return Err(Status::invalid_argument(format!(
-                "max_entries must not be negative, got {}",
-                r.max_entries
-            )));
+            return Err(ControllerError::NegativeMaxEntries(r.max_entries));
         }
         let empty = csi::ListSnapshotsResponse::default();
         if !r.snapshot_id.is_empty() {
@@ -392,7 +374,7 @@ impl ControllerService {
             let snapshot = match found {
                 Ok(s) => s.into_inner(),
                 Err(status) if status.code() == Code::NotFound => return Ok(empty),
-                Err(status) => return Err(backend_status(status)),
+                Err(status) => return Err(status.into()),
             };
             let wanted_source = &r.source_volume_id;
             if !wanted_source.is_empty()
@@ -423,8 +405,7 @@ impl ControllerService {
                 starting_token: r.starting_token,
                 source_volume,
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         let entries = page
             .snapshots
@@ -434,7 +415,7 @@ impl ControllerService {
                     snapshot: Some(self.to_csi_snapshot(s)?),
                 })
             })
-            .collect::<Result<_, Status>>()?;
+            .collect::<Result<_, ControllerError>>()?;
         Ok(csi::ListSnapshotsResponse {
             entries,
             next_token: page.next_token,
@@ -444,19 +425,18 @@ impl ControllerService {
     async fn get_snapshot(
         &self,
         r: csi::GetSnapshotRequest,
-    ) -> Result<csi::GetSnapshotResponse, Status> {
+    ) -> Result<csi::GetSnapshotResponse, ControllerError> {
         if r.snapshot_id.is_empty() {
-            return Err(Status::invalid_argument("snapshot_id is required"));
+            return Err(ControllerError::Missing("snapshot_id"));
         }
-        let id = SnapshotId::parse(&r.snapshot_id, &self.cluster).map_err(id_status)?;
+        let id = SnapshotId::parse(&r.snapshot_id, &self.cluster)?;
         let snapshot = self
             .backend
             .clone()
             .get_snapshot(be::GetSnapshotRequest {
                 name: id.name.to_string(),
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         Ok(csi::GetSnapshotResponse {
             snapshot: Some(self.to_csi_snapshot(snapshot)?),
@@ -466,18 +446,16 @@ impl ControllerService {
     async fn expand(
         &self,
         r: csi::ControllerExpandVolumeRequest,
-    ) -> Result<csi::ControllerExpandVolumeResponse, Status> {
+    ) -> Result<csi::ControllerExpandVolumeResponse, ControllerError> {
         let dir = self.existing_volume(&r.volume_id)?;
         let range = r
             .capacity_range
-            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+            .ok_or(ControllerError::Missing("capacity_range"))?;
         if range.required_bytes < 0 || range.limit_bytes < 0 {
-            return Err(Status::invalid_argument(
-                "capacity_range must not be negative",
-            ));
+            return Err(ControllerError::CapacityRange("must not be negative"));
         }
         if range.limit_bytes > 0 && range.required_bytes > range.limit_bytes {
-            return Err(Status::invalid_argument(
+            return Err(ControllerError::CapacityRange(
                 "required_bytes exceeds limit_bytes",
             ));
         }
@@ -488,14 +466,13 @@ impl ControllerService {
                 dir: dir.to_string(),
                 capacity_bytes: range.required_bytes,
             })
-            .await
-            .map_err(backend_status)?
+            .await?
             .into_inner();
         if range.limit_bytes > 0 && volume.capacity_bytes > range.limit_bytes {
-            return Err(Status::out_of_range(format!(
-                "volume is already {} bytes, more than limit_bytes {} (volumes do not shrink)",
-                volume.capacity_bytes, range.limit_bytes
-            )));
+            return Err(ControllerError::AboveLimit {
+                capacity: volume.capacity_bytes,
+                limit: range.limit_bytes,
+            });
         }
         // The quota takes effect on the server at once: no node step (DESIGN.md §3).
         Ok(csi::ControllerExpandVolumeResponse {
@@ -507,7 +484,7 @@ impl ControllerService {
     async fn get_volume(
         &self,
         r: csi::ControllerGetVolumeRequest,
-    ) -> Result<csi::ControllerGetVolumeResponse, Status> {
+    ) -> Result<csi::ControllerGetVolumeResponse, ControllerError> {
         let dir = self.existing_volume(&r.volume_id)?;
         let volume = self.get_backend_volume(&dir).await?;
         let condition = condition_of(&volume);
@@ -523,10 +500,9 @@ impl ControllerService {
     async fn modify(
         &self,
         r: csi::ControllerModifyVolumeRequest,
-    ) -> Result<csi::ControllerModifyVolumeResponse, Status> {
+    ) -> Result<csi::ControllerModifyVolumeResponse, ControllerError> {
         let dir = self.existing_volume(&r.volume_id)?;
-        let on_delete =
-            params::parse_mutable_params(&r.mutable_parameters).map_err(param_status)?;
+        let on_delete = params::parse_mutable_params(&r.mutable_parameters)?;
         match on_delete {
             Some(on_delete) => {
                 self.backend
@@ -535,8 +511,7 @@ impl ControllerService {
                         dir: dir.to_string(),
                         on_delete: on_delete_to_backend(on_delete) as i32,
                     })
-                    .await
-                    .map_err(backend_status)?;
+                    .await?;
             }
             // Nothing to change, but the volume must exist.
             None => {
@@ -563,56 +538,9 @@ fn condition_of(volume: &be::Volume) -> csi::VolumeCondition {
     }
 }
 
-/// An id that cannot name one of our volumes: NOT_FOUND when it is simply not ours,
-/// INVALID_ARGUMENT when it is malformed (traversal, bad characters, too long).
-fn id_status(error: IdError) -> Status {
-    if error.means_not_found() {
-        Status::not_found(error.to_string())
-    } else {
-        Status::invalid_argument(error.to_string())
-    }
-}
-
-fn source_status(kind: &str, error: IdError) -> Status {
-    if error.means_not_found() {
-        Status::not_found(format!("content source {kind} not found: {error}"))
-    } else {
-        Status::invalid_argument(format!("content source {kind}: {error}"))
-    }
-}
-
-fn param_status(error: ParamError) -> Status {
-    Status::invalid_argument(error.to_string())
-}
-
-/// Backend answers keep their code (it already speaks CSI's codes); an unreachable
-/// backend says where it tried.
-fn backend_status(status: Status) -> Status {
-    match status.code() {
-        Code::Unavailable | Code::Unknown => Status::unavailable(format!(
-            "backend volume API unavailable: {}",
-            status.message()
-        )),
-        code => Status::new(code, status.message().to_owned()),
-    }
-}
-
-/// Runs one RPC inside a span and logs its failure with the code.
-async fn traced<T>(
-    span: tracing::Span,
-    work: impl Future<Output = Result<T, Status>>,
-) -> Result<Response<T>, Status> {
-    async move {
-        match work.await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "request failed");
-                Err(status)
-            }
-        }
-    }
-    .instrument(span)
-    .await
+/// The answer of one RPC; the error's code is chosen in [`ControllerError`].
+fn reply<T>(result: Result<T, ControllerError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 fn rpc_capability(rpc: Rpc) -> csi::ControllerServiceCapability {
@@ -646,58 +574,35 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("CreateVolume", name = %r.name),
-            self.create_volume(r),
-        )
-        .await
+        reply(self.create_volume(request.into_inner()).await)
     }
 
     async fn delete_volume(
         &self,
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("DeleteVolume", volume_id = %r.volume_id),
-            self.delete_volume(r),
-        )
-        .await
+        reply(self.delete_volume(request.into_inner()).await)
     }
 
     async fn validate_volume_capabilities(
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("ValidateVolumeCapabilities", volume_id = %r.volume_id),
-            self.validate(r),
-        )
-        .await
+        reply(self.validate(request.into_inner()).await)
     }
 
     async fn list_volumes(
         &self,
         request: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        traced(
-            tracing::debug_span!("ListVolumes"),
-            self.list_volumes(request.into_inner()),
-        )
-        .await
+        reply(self.list_volumes(request.into_inner()).await)
     }
 
     async fn get_capacity(
         &self,
         request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        traced(
-            tracing::debug_span!("GetCapacity"),
-            self.get_capacity(request.into_inner()),
-        )
-        .await
+        reply(self.get_capacity(request.into_inner()).await)
     }
 
     async fn controller_get_capabilities(
@@ -713,82 +618,48 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("CreateSnapshot", name = %r.name, source = %r.source_volume_id),
-            self.create_snapshot(r),
-        )
-        .await
+        reply(self.create_snapshot(request.into_inner()).await)
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("DeleteSnapshot", snapshot_id = %r.snapshot_id),
-            self.delete_snapshot(r),
-        )
-        .await
+        reply(self.delete_snapshot(request.into_inner()).await)
     }
 
     async fn list_snapshots(
         &self,
         request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        traced(
-            tracing::debug_span!("ListSnapshots"),
-            self.list_snapshots(request.into_inner()),
-        )
-        .await
+        reply(self.list_snapshots(request.into_inner()).await)
     }
 
     async fn get_snapshot(
         &self,
         request: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::debug_span!("GetSnapshot", snapshot_id = %r.snapshot_id),
-            self.get_snapshot(r),
-        )
-        .await
+        reply(self.get_snapshot(request.into_inner()).await)
     }
 
     async fn controller_expand_volume(
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("ControllerExpandVolume", volume_id = %r.volume_id),
-            self.expand(r),
-        )
-        .await
+        reply(self.expand(request.into_inner()).await)
     }
 
     async fn controller_get_volume(
         &self,
         request: Request<csi::ControllerGetVolumeRequest>,
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::debug_span!("ControllerGetVolume", volume_id = %r.volume_id),
-            self.get_volume(r),
-        )
-        .await
+        reply(self.get_volume(request.into_inner()).await)
     }
 
     async fn controller_modify_volume(
         &self,
         request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        let r = request.into_inner();
-        traced(
-            tracing::info_span!("ControllerModifyVolume", volume_id = %r.volume_id),
-            self.modify(r),
-        )
-        .await
+        reply(self.modify(request.into_inner()).await)
     }
 }

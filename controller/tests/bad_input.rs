@@ -56,8 +56,8 @@ impl Harness {
         );
         let controller_endpoint = Endpoint::Unix(dir.path().join("controller.sock"));
         let listener = Listener::bind(&controller_endpoint).await.unwrap();
-        let router =
-            tonic::transport::Server::builder().add_service(ControllerServer::new(controller));
+        let router = tonic::transport::Server::builder()
+            .add_service(common::rpc_trace::traced(ControllerServer::new(controller)));
         tokio::spawn(endpoint::serve(router, listener, stopped(&stop_rx)));
 
         let client = ControllerClient::new(endpoint::connect_lazy(&controller_endpoint).unwrap());
