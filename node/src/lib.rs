@@ -27,6 +27,7 @@ pub use service::NodeService;
 
 use common::endpoint::{EndpointError, Listener, serve};
 use common::identity::{IdentityService, ReadinessCheck};
+use common::rpc_trace::traced;
 use health::HealthConfig;
 use proto::csi::v1::identity_server::IdentityServer;
 use proto::csi::v1::node_server::NodeServer;
@@ -66,8 +67,8 @@ pub fn readiness(config: &NodeConfig) -> ReadinessCheck {
 pub fn router(config: NodeConfig) -> Router {
     let identity = IdentityService::new(config.driver_name.clone(), readiness(&config));
     tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(identity))
-        .add_service(NodeServer::new(NodeService::new(config)))
+        .add_service(traced(IdentityServer::new(identity)))
+        .add_service(traced(NodeServer::new(NodeService::new(config))))
 }
 
 /// What the plugin serves besides Identity + Node + Health on the CSI socket.

@@ -32,6 +32,7 @@
 //! must tell a static volume from a hanfs one ([`is_hanfs_shaped`]).
 
 use common::ids::{VolumeDir, VolumeId};
+use common::mountinfo::MountInfo;
 use nix::mount::MsFlags;
 use std::collections::HashMap;
 use std::fmt;
@@ -660,6 +661,67 @@ pub fn nfs_source_path(source: &str) -> Option<&str> {
     source.rfind(":/").map(|at| &source[at + 1..])
 }
 
+/// Where an NFS mount of one volume must come from: which server and which path on it.
+/// A mount at the same target with the same `/volumes/<dir>` tail from another server
+/// or another export is another volume, not this one already published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsOrigin {
+    /// The server as the volume context (or the node's default) names it; hanfs mounts
+    /// with exactly this as the source's host, so its own mounts show it.
+    pub server: String,
+    /// The server's address, when the name is one (no DNS lookup for the comparison).
+    pub addr: Option<IpAddr>,
+    /// The path on the server, `<share>/volumes/<dir>` or `<share>/<subDir>`.
+    pub path: String,
+}
+
+impl NfsOrigin {
+    pub fn new(location: &NfsLocation, path: String) -> Self {
+        NfsOrigin {
+            server: location.server.clone(),
+            addr: location.server_ip(),
+            path,
+        }
+    }
+}
+
+/// Why the NFS mount `mounted` does not come from `wanted`, or `None` when it does.
+///
+/// The kernel shows an NFS mount's source as it was given to mount(2), `host:/path`
+/// (IPv6 in brackets), and the address it connected to as the superblock option
+/// `addr=`. The server matches when the host equals the wanted name (case-insensitive:
+/// DNS names), or when the wanted server is an address and either the host or `addr=`
+/// is that address. The path is compared whole, by components.
+pub fn nfs_origin_mismatch(mounted: &MountInfo, wanted: &NfsOrigin) -> Option<String> {
+    let Some(at) = mounted.source.rfind(":/") else {
+        return Some(format!("{:?} is not an NFS source", mounted.source));
+    };
+    let (host, path) = (&mounted.source[..at], &mounted.source[at + 1..]);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let super_addr = mounted
+        .super_options
+        .iter()
+        .find_map(|o| o.strip_prefix("addr="))
+        .and_then(|a| a.parse::<IpAddr>().ok());
+    let same_server = host.eq_ignore_ascii_case(&wanted.server)
+        || wanted
+            .addr
+            .is_some_and(|addr| host.parse().ok() == Some(addr) || super_addr == Some(addr));
+    if !same_server {
+        return Some(format!("mounted from server {host}, not {}", wanted.server));
+    }
+    if Path::new(path) != Path::new(&wanted.path) {
+        return Some(format!(
+            "mounted from {path} on {host}, not {}",
+            wanted.path
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1121,5 +1183,63 @@ mod tests {
                 "{escaped}: {err}"
             );
         }
+    }
+
+    fn nfs_mount(source: &str, addr: &str) -> MountInfo {
+        let line = format!(
+            "36 25 0:45 / /var/lib/kubelet/pods/p/mount rw,relatime shared:1 - nfs4 {source} \
+             rw,vers=4.2,hard,noresvport,proto=tcp,timeo=50,retrans=2,sec=sys,\
+             clientaddr=10.0.0.5,local_lock=none,addr={addr}"
+        );
+        common::mountinfo::parse_line(line.as_bytes()).unwrap()
+    }
+
+    fn origin(server: &str, path: &str) -> NfsOrigin {
+        NfsOrigin::new(
+            &NfsLocation {
+                server: server.into(),
+                share: "/export".into(),
+            },
+            path.into(),
+        )
+    }
+
+    #[test]
+    fn an_nfs_mount_matches_only_its_own_server_and_path() {
+        let wanted = origin("10.0.0.100", "/export/volumes/pvc-1");
+        let mounted = nfs_mount("10.0.0.100:/export/volumes/pvc-1", "10.0.0.100");
+        assert_eq!(nfs_origin_mismatch(&mounted, &wanted), None);
+        let trailing = nfs_mount("10.0.0.100:/export/volumes/pvc-1/", "10.0.0.100");
+        assert_eq!(nfs_origin_mismatch(&trailing, &wanted), None);
+
+        let other_server = nfs_mount("10.0.0.200:/export/volumes/pvc-1", "10.0.0.200");
+        let why = nfs_origin_mismatch(&other_server, &wanted).unwrap();
+        assert!(why.contains("server 10.0.0.200"), "{why}");
+        let other_export = nfs_mount("10.0.0.100:/other/volumes/pvc-1", "10.0.0.100");
+        let why = nfs_origin_mismatch(&other_export, &wanted).unwrap();
+        assert!(why.contains("/other/volumes/pvc-1"), "{why}");
+    }
+
+    #[test]
+    fn the_server_matches_by_name_or_by_address() {
+        // Mounted by name: the name is what hanfs passes, whatever it resolves to now.
+        let by_name = nfs_mount("NFS.example:/export/volumes/pvc-1", "10.0.0.100");
+        let wanted = origin("nfs.example", "/export/volumes/pvc-1");
+        assert_eq!(nfs_origin_mismatch(&by_name, &wanted), None);
+        // The context names the address the name-mount connected to.
+        let wanted_ip = origin("10.0.0.100", "/export/volumes/pvc-1");
+        assert_eq!(nfs_origin_mismatch(&by_name, &wanted_ip), None);
+        let wanted_other_ip = origin("10.0.0.7", "/export/volumes/pvc-1");
+        assert!(nfs_origin_mismatch(&by_name, &wanted_other_ip).is_some());
+        // A name that differs is another server (no DNS lookup to decide).
+        let wanted_other_name = origin("nfs-b.example", "/export/volumes/pvc-1");
+        assert!(nfs_origin_mismatch(&by_name, &wanted_other_name).is_some());
+        // IPv6 shows in brackets.
+        let v6 = nfs_mount("[fd00::1]:/export/volumes/pvc-1", "fd00::1");
+        assert_eq!(
+            nfs_origin_mismatch(&v6, &origin("fd00::1", "/export/volumes/pvc-1")),
+            None
+        );
+        assert!(nfs_origin_mismatch(&v6, &origin("fd00::2", "/export/volumes/pvc-1")).is_some());
     }
 }

@@ -12,7 +12,7 @@
 
 use crate::config::{NodeConfig, Transport};
 use crate::error::NodeError;
-use crate::mount_spec::{self, MountSpec, StaticHandle, VolumeRef};
+use crate::mount_spec::{self, MountSpec, NfsOrigin, StaticHandle, VolumeRef};
 use crate::stats;
 use crate::syscall_helper::Helper;
 use crate::target_path;
@@ -28,7 +28,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 /// How many stacked mounts an unpublish removes before giving up.
 const MAX_STACKED_MOUNTS: usize = 16;
@@ -109,26 +108,10 @@ fn read_mounts() -> Result<Vec<MountInfo>, NodeError> {
     )))
 }
 
-/// Runs one RPC inside its span, logging the outcome there.
-async fn traced<T>(
-    span: tracing::Span,
-    work: impl std::future::Future<Output = Result<T, NodeError>>,
-) -> Result<Response<T>, Status> {
-    async move { finish(work.await) }.instrument(span).await
-}
-
-/// Logs the outcome of an RPC (inside its span) and turns errors into a status.
-fn finish<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
-    match result {
-        Ok(response) => {
-            tracing::info!("done");
-            Ok(Response::new(response))
-        }
-        Err(err) => {
-            tracing::warn!(code = ?err.code(), error = %err, "failed");
-            Err(err.into())
-        }
-    }
+/// The answer of one RPC; the error's code is chosen in [`NodeError`]. The call itself
+/// is logged by [`common::rpc_trace`], which wraps the whole service.
+fn reply<T>(result: Result<T, NodeError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
 }
 
 impl NodeService {
@@ -286,8 +269,9 @@ impl NodeService {
     /// Whether `mounted` is a mount of the volume (any access mode).
     ///
     /// Bind mounts are traced to their source through device and root. For NFS a hanfs
-    /// volume's path is compared by its tail `/volumes/<dir>` only: the kernel may show
-    /// the server by name or address, and outside publish the share is not known. A static
+    /// volume's path is compared by its tail `/volumes/<dir>` only: stats and expand get
+    /// no volume context, so the server and share are not known there. Stage and publish
+    /// know them and also compare the server and the whole path ([`NfsOrigin`]). A static
     /// volume's whole path `<share>/<subDir>` is compared, as its tail says little.
     fn is_mount_of(&self, table: &[MountInfo], mounted: &MountInfo, identity: Identity) -> bool {
         match (&self.config.transport, identity) {
@@ -334,8 +318,35 @@ impl NodeService {
         }
     }
 
-    /// The canonical path of a mount of the volume at `path`, or NOT_FOUND.
-    async fn find_mount(&self, identity: Identity<'_>, path: &str) -> Result<PathBuf, NodeError> {
+    /// The NFS server and path a mount of `volume` must come from (NFS transport only;
+    /// in local mode device and root already pin the origin). Stats and expand get no
+    /// volume context, so only stage and publish can know it.
+    fn nfs_origin(
+        &self,
+        volume: &VolumeRef,
+        volume_context: &HashMap<String, String>,
+    ) -> Result<Option<NfsOrigin>, NodeError> {
+        let Transport::Nfs {
+            default_server,
+            default_share,
+            ..
+        } = &self.config.transport
+        else {
+            return Ok(None);
+        };
+        let location =
+            volume.nfs_location(volume_context, default_server.as_deref(), default_share)?;
+        Ok(Some(NfsOrigin::new(&location, volume.nfs_path(&location))))
+    }
+
+    /// The canonical path of a mount of the volume at `path` (from `origin`, when
+    /// given), or NOT_FOUND.
+    async fn find_mount(
+        &self,
+        identity: Identity<'_>,
+        origin: Option<&NfsOrigin>,
+        path: &str,
+    ) -> Result<PathBuf, NodeError> {
         let not_mounted = || NodeError::NotMounted {
             volume: identity.to_string(),
             path: path.to_owned(),
@@ -343,7 +354,13 @@ impl NodeService {
         let canonical = self.lookup_path(path).await.ok_or_else(not_mounted)?;
         let table = read_mounts()?;
         match mountinfo::topmost_at(&table, &canonical) {
-            Some(mounted) if self.is_mount_of(&table, mounted, identity) => Ok(canonical),
+            Some(mounted)
+                if self.is_mount_of(&table, mounted, identity)
+                    && origin
+                        .is_none_or(|o| mount_spec::nfs_origin_mismatch(mounted, o).is_none()) =>
+            {
+                Ok(canonical)
+            }
             _ => Err(not_mounted()),
         }
     }
@@ -360,6 +377,7 @@ impl NodeService {
             .ok_or(NodeError::Missing("volume_capability"))?;
         let mount_flags = mount_flags_of(capability)?;
         let volume = self.volume_of(volume_id, &req.volume_context)?;
+        let origin = self.nfs_origin(&volume, &req.volume_context)?;
         let target = self.resolve_target("target_path", target).await?;
         let _claim = self.claim(&target)?;
         let spec = if req.staging_target_path.is_empty() {
@@ -369,7 +387,11 @@ impl NodeService {
         } else {
             // Staged: every pod gets a bind mount of the node's one mount of the volume.
             let staged = self
-                .find_mount(Identity::Exact(&volume), &req.staging_target_path)
+                .find_mount(
+                    Identity::Exact(&volume),
+                    origin.as_ref(),
+                    &req.staging_target_path,
+                )
                 .await
                 .map_err(|_| NodeError::NotStaged {
                     volume: volume.to_string(),
@@ -377,7 +399,8 @@ impl NodeService {
                 })?;
             mount_spec::local(&staged, mount_flags, req.readonly)?
         };
-        self.mount_at(&volume, &spec, &target).await?;
+        self.mount_at(&volume, origin.as_ref(), &spec, &target)
+            .await?;
         Ok(NodePublishVolumeResponse {})
     }
 
@@ -396,12 +419,14 @@ impl NodeService {
             .ok_or(NodeError::Missing("volume_capability"))?;
         let mount_flags = mount_flags_of(capability)?;
         let volume = self.volume_of(volume_id, &req.volume_context)?;
+        let origin = self.nfs_origin(&volume, &req.volume_context)?;
         let staging = self.resolve_target("staging_target_path", staging).await?;
         let _claim = self.claim(&staging)?;
         let spec = self
             .mount_spec(&volume, &req.volume_context, mount_flags, false)
             .await?;
-        self.mount_at(&volume, &spec, &staging).await?;
+        self.mount_at(&volume, origin.as_ref(), &spec, &staging)
+            .await?;
         Ok(NodeStageVolumeResponse {})
     }
 
@@ -426,11 +451,15 @@ impl NodeService {
     }
 
     /// Mounts `spec` at `target` unless this volume is already mounted there the same
-    /// way (CSI idempotency); another volume, or another access mode, is
-    /// ALREADY_EXISTS. Creates the directory if needed and undoes everything on failure.
+    /// way (CSI idempotency); another volume (also: the same path from another NFS server
+    /// or export than `origin`), or another access mode, is ALREADY_EXISTS (CSI
+    /// NodePublishVolume/NodeStageVolume: "volume published but is incompatible"). It is
+    /// not remounted: the mount there may be in use by a pod. Creates the directory if
+    /// needed and undoes everything on failure.
     async fn mount_at(
         &self,
         volume: &VolumeRef,
+        origin: Option<&NfsOrigin>,
         spec: &MountSpec,
         target: &Path,
     ) -> Result<(), NodeError> {
@@ -447,6 +476,12 @@ impl NodeService {
                         mounted.source,
                         mounted.root.display()
                     ),
+                });
+            }
+            if let Some(detail) = origin.and_then(|o| mount_spec::nfs_origin_mismatch(mounted, o)) {
+                return Err(NodeError::MountedDifferently {
+                    target: target.to_owned(),
+                    detail: format!("{volume} is {detail}"),
                 });
             }
             if mounted.mount_read_only() != spec.read_only() {
@@ -575,11 +610,12 @@ impl NodeService {
         let path = if mount_spec::is_hanfs_shaped(volume_id) {
             let id = VolumeId::parse(volume_id, &self.config.cluster_id)
                 .map_err(NodeError::UnknownVolume)?;
-            self.find_mount(Identity::Exact(&VolumeRef::Hanfs(id)), path)
+            self.find_mount(Identity::Exact(&VolumeRef::Hanfs(id)), None, path)
                 .await?
         } else {
             let handle = StaticHandle::parse(volume_id)?;
-            self.find_mount(Identity::AnyStatic(&handle), path).await?
+            self.find_mount(Identity::AnyStatic(&handle), None, path)
+                .await?
         };
         let timeout = self.config.stats_timeout;
         let (usage, condition) = match self.helper.statfs(&path, timeout).await {
@@ -613,11 +649,12 @@ impl NodeService {
         }
         if mount_spec::is_hanfs_shaped(volume_id) {
             let id = VolumeId::parse(volume_id, &self.config.cluster_id)?;
-            self.find_mount(Identity::Exact(&VolumeRef::Hanfs(id)), path)
+            self.find_mount(Identity::Exact(&VolumeRef::Hanfs(id)), None, path)
                 .await?;
         } else {
             let handle = StaticHandle::parse(volume_id)?;
-            self.find_mount(Identity::AnyStatic(&handle), path).await?;
+            self.find_mount(Identity::AnyStatic(&handle), None, path)
+                .await?;
         }
         // An NFS directory grows with its quota on the server; nothing to do here.
         Ok(NodeExpandVolumeResponse {
@@ -691,88 +728,42 @@ impl Node for NodeService {
         &self,
         request: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "NodePublishVolume",
-            volume_id = %req.volume_id,
-            target = %req.target_path,
-            readonly = req.readonly
-        );
-        traced(span, self.publish(req)).await
+        reply(self.publish(request.into_inner()).await)
     }
 
     async fn node_stage_volume(
         &self,
         request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "NodeStageVolume",
-            volume_id = %req.volume_id,
-            staging = %req.staging_target_path
-        );
-        traced(span, self.stage(req)).await
+        reply(self.stage(request.into_inner()).await)
     }
 
     async fn node_unstage_volume(
         &self,
         request: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "NodeUnstageVolume",
-            volume_id = %req.volume_id,
-            staging = %req.staging_target_path
-        );
-        traced(span, self.unstage(req)).await
+        reply(self.unstage(request.into_inner()).await)
     }
 
     async fn node_unpublish_volume(
         &self,
         request: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "NodeUnpublishVolume",
-            volume_id = %req.volume_id,
-            target = %req.target_path
-        );
-        traced(span, self.unpublish(req)).await
+        reply(self.unpublish(request.into_inner()).await)
     }
 
     async fn node_get_volume_stats(
         &self,
         request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::debug_span!(
-            "NodeGetVolumeStats",
-            volume_id = %req.volume_id,
-            target = %req.volume_path
-        );
-        async move {
-            // Kubelet asks every minute per volume: success is not worth an info line.
-            let result = self.volume_stats(req).await;
-            if let Err(err) = &result {
-                tracing::warn!(code = ?err.code(), error = %err, "failed");
-            }
-            result.map(Response::new).map_err(Status::from)
-        }
-        .instrument(span)
-        .await
+        reply(self.volume_stats(request.into_inner()).await)
     }
 
     async fn node_expand_volume(
         &self,
         request: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
-        let req = request.into_inner();
-        let span = tracing::info_span!(
-            "NodeExpandVolume",
-            volume_id = %req.volume_id,
-            target = %req.volume_path
-        );
-        traced(span, self.expand(req)).await
+        reply(self.expand(request.into_inner()).await)
     }
 
     async fn node_get_capabilities(

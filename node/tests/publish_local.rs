@@ -708,3 +708,102 @@ async fn stage_then_publish_per_pod_then_unstage() {
         "from a"
     );
 }
+
+fn mount_tmpfs(source: &str, at: &Path) {
+    std::fs::create_dir_all(at).unwrap();
+    nix::mount::mount(
+        Some(source),
+        at,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+}
+
+fn bind(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    nix::mount::mount(
+        Some(from),
+        to,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+/// Leftover 7b, local transport: the export is the node's "server". Both exports are
+/// their own tmpfs, so the volume's directory has the same root (`/volumes/pvc-1`) in
+/// each and only the device tells them apart. A target (or staging path) already
+/// mounted from the other export is another volume: ALREADY_EXISTS, and the mount that
+/// is there stays untouched.
+#[tokio::test]
+async fn a_target_mounted_from_another_export_is_already_exists() {
+    let mut f = Fixture::with(|root, _| {
+        mount_tmpfs("hanfs-test-export", &root.join("export"));
+        std::fs::create_dir(root.join("export/volumes")).unwrap();
+        mount_tmpfs("hanfs-test-other-export", &root.join("other-export"));
+        std::fs::create_dir_all(root.join("other-export/volumes/pvc-1")).unwrap();
+    })
+    .await;
+    let id = f.volume("pvc-1");
+    let foreign = f.root.join("other-export/volumes/pvc-1");
+    std::fs::write(foreign.join("marker"), "other export").unwrap();
+
+    let target = f.target("pod-x");
+    bind(&foreign, &target);
+    let message = assert_code(f.publish(&id, &target, false).await, Code::AlreadyExists);
+    assert!(message.contains("is mounted there"), "{message}");
+    assert_eq!(f.mounts_at(&target), 1, "nothing was mounted over it");
+    assert!(target.join("marker").exists(), "the other export's mount stays");
+
+    let staging = f.target("staging-pvc-1");
+    bind(&foreign, &staging);
+    let stage = NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.to_string_lossy().into_owned(),
+        volume_capability: Some(mount_capability()),
+        ..Default::default()
+    };
+    assert_code(f.node.node_stage_volume(stage).await, Code::AlreadyExists);
+    assert_eq!(f.mounts_at(&staging), 1);
+
+    // The same path from the node's own export is this volume: publish again is OK.
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    bind(&f.volume_dir("pvc-1"), &target);
+    f.publish(&id, &target, false)
+        .await
+        .expect("already published from this export");
+    assert_eq!(f.mounts_at(&target), 1);
+}
+
+/// Leftover 7b, NFS transport: the host has no NFS, so a tmpfs stands in whose source
+/// reads like an NFS one; the kernel shows it in mountinfo exactly as given, as it does
+/// for NFS. The comparison stage and publish make is run on that real mountinfo entry.
+#[test]
+fn nfs_origin_compares_server_and_export_of_a_real_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let _unmount = UnmountGuard(root.clone());
+    let target = root.join("target");
+    mount_tmpfs("10.0.0.7:/export/volumes/pvc-1", &target);
+    let table = mountinfo::read_self().unwrap();
+    let mounted = mountinfo::topmost_at(&table, &target).unwrap();
+    assert_eq!(mounted.source, "10.0.0.7:/export/volumes/pvc-1");
+    let origin = |server: &str, share: &str| {
+        node::mount_spec::NfsOrigin::new(
+            &node::mount_spec::NfsLocation {
+                server: server.into(),
+                share: share.into(),
+            },
+            format!("{share}/volumes/pvc-1"),
+        )
+    };
+    let check = |o| node::mount_spec::nfs_origin_mismatch(mounted, &o);
+    assert_eq!(check(origin("10.0.0.7", "/export")), None);
+    let other_server = check(origin("10.0.0.8", "/export")).expect("another server");
+    assert!(other_server.contains("10.0.0.7"), "{other_server}");
+    let other_export = check(origin("10.0.0.7", "/srv")).expect("another export");
+    assert!(other_export.contains("/srv/volumes/pvc-1"), "{other_export}");
+}
