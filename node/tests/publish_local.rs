@@ -756,7 +756,10 @@ async fn a_target_mounted_from_another_export_is_already_exists() {
     let message = assert_code(f.publish(&id, &target, false).await, Code::AlreadyExists);
     assert!(message.contains("is mounted there"), "{message}");
     assert_eq!(f.mounts_at(&target), 1, "nothing was mounted over it");
-    assert!(target.join("marker").exists(), "the other export's mount stays");
+    assert!(
+        target.join("marker").exists(),
+        "the other export's mount stays"
+    );
 
     let staging = f.target("staging-pvc-1");
     bind(&foreign, &staging);
@@ -805,5 +808,8 @@ fn nfs_origin_compares_server_and_export_of_a_real_mount() {
     let other_server = check(origin("10.0.0.8", "/export")).expect("another server");
     assert!(other_server.contains("10.0.0.7"), "{other_server}");
     let other_export = check(origin("10.0.0.7", "/srv")).expect("another export");
-    assert!(other_export.contains("/srv/volumes/pvc-1"), "{other_export}");
+    assert!(
+        other_export.contains("/srv/volumes/pvc-1"),
+        "{other_export}"
+    );
 }
