@@ -103,6 +103,7 @@ printf 'Authorization: Bearer %s\n' "$token" >"$work/auth-header"
 # kube-apiserver's client certificate towards kubelets (exec, logs, port-forward), and the
 # CA that signed it: a kubelet that trusts <workdir>/kubelet-client-ca.crt
 # (authentication.x509.clientCAFile) accepts the API server's calls without anonymous auth.
+# The API server dials a kubelet at its InternalIP: nothing here resolves node hostnames.
 if [ ! -f "$work/kubelet-client.crt" ]; then
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=hanfs-test-kubelet-client-ca" \
         -keyout "$work/kubelet-client-ca.key" -out "$work/kubelet-client-ca.crt" 2>/dev/null
@@ -153,6 +154,7 @@ ip netns exec "$ns" env "${api_env[@]}" "$bin/kube-apiserver" \
     --anonymous-auth=false \
     --kubelet-client-certificate "$work/kubelet-client.crt" \
     --kubelet-client-key "$work/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$work/sa.pub" \
     --service-account-signing-key-file "$work/sa.key" \

@@ -24,25 +24,79 @@ pub struct VolumeApi {
 /// on a storage server only while it is active (the store opens after the replicated
 /// filesystem is mounted and closes before it is unmounted). Calls meanwhile get
 /// UNAVAILABLE, which the CSI sidecars retry — by then the VIP points at the new active.
-#[derive(Default)]
+///
+/// Every call holds a [`StoreGuard`] until its blocking work is done (the guard moves
+/// into that work, so a call whose client gave up still counts while its copy runs);
+/// [`StoreSlot::close`] refuses new calls and waits for those guards, so the unmount
+/// that follows never meets a clone still writing.
 pub struct StoreSlot {
     store: std::sync::RwLock<Option<Arc<VolumeStore>>>,
+    /// How many guards are out. Taken under the read lock of `store`, so a close (which
+    /// takes the write lock) sees every call that found the store open.
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for StoreSlot {
+    fn default() -> Self {
+        Self {
+            store: std::sync::RwLock::new(None),
+            in_flight: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+/// The store, borrowed by one call; the slot counts it as in flight until dropped.
+pub struct StoreGuard {
+    store: Arc<VolumeStore>,
+    in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl std::ops::Deref for StoreGuard {
+    type Target = VolumeStore;
+
+    fn deref(&self) -> &VolumeStore {
+        &self.store
+    }
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        self.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Volume calls were still running when a close's bound passed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{calls} volume API call(s) still running after {waited:?}; the store stays closed to new calls")]
+pub struct StillInFlight {
+    pub calls: usize,
+    pub waited: std::time::Duration,
 }
 
 impl StoreSlot {
     pub fn with(store: Arc<VolumeStore>) -> Self {
-        Self {
-            store: std::sync::RwLock::new(Some(store)),
-        }
+        let slot = Self::default();
+        slot.set(Some(store));
+        slot
     }
 
+    /// Opens (or, with `None`, closes without waiting) the slot.
     pub fn set(&self, store: Option<Arc<VolumeStore>>) {
         *self.store.write().unwrap_or_else(|p| p.into_inner()) = store;
     }
 
-    pub fn get(&self) -> Result<Arc<VolumeStore>, Status> {
-        self.store.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
-            Status::unavailable("this storage server is not active (the export is not mounted here); retry at the VIP")
+    /// The store for one call, counted as in flight until the guard drops.
+    pub fn get(&self) -> Result<StoreGuard, Status> {
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = store.as_ref() else {
+            return Err(Status::unavailable(
+                "this storage server is not active (the export is not mounted here); retry at the VIP",
+            ));
+        };
+        self.in_flight.send_modify(|n| *n += 1);
+        Ok(StoreGuard {
+            store: store.clone(),
+            in_flight: self.in_flight.clone(),
         })
     }
 
@@ -51,6 +105,32 @@ impl StoreSlot {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+
+    /// Calls holding the store now.
+    pub fn in_flight(&self) -> usize {
+        *self.in_flight.borrow()
+    }
+
+    /// Closes the slot: new calls get UNAVAILABLE at once; then waits, at most `within`,
+    /// for the calls in flight to finish. Err when some still run: the caller must not
+    /// unmount (the slot stays closed; closing again waits again).
+    pub async fn close(&self, within: std::time::Duration) -> Result<(), StillInFlight> {
+        self.set(None);
+        let mut changes = self.in_flight.subscribe();
+        let drained = tokio::time::timeout(within, async {
+            // The sender lives in `self`, so waiting cannot fail; the borrow it returns
+            // is dropped at once.
+            changes.wait_for(|n| *n == 0).await.map(drop)
+        })
+        .await;
+        match drained {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StillInFlight {
+                calls: self.in_flight(),
+                waited: within,
+            }),
+        }
     }
 }
 
