@@ -1,5 +1,7 @@
 //! Shared by the hanfs binaries, and nothing else:
 //!
+//! - [`command`]: the one runner for external commands (deadline, process-group kill,
+//!   captured output, typed errors); async, with a blocking form for test harnesses.
 //! - [`ids`]: names and ids that can only hold valid values (volume directories,
 //!   volume and snapshot ids, the cluster id). Every gRPC edge parses into these.
 //! - [`endpoint`]: `unix://` and `tcp://` endpoints: serving a tonic router with a
@@ -11,6 +13,7 @@
 //! - [`mountinfo`]: pure parser of `/proc/self/mountinfo` and lookups in the table
 //!   (what is mounted where, from which device); the node and the backend both read it.
 
+pub mod command;
 pub mod endpoint;
 pub mod identity;
 pub mod ids;

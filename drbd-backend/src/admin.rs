@@ -1,12 +1,11 @@
 //! The agent's admin surface: `status`, `switchover`, `force-promote` over gRPC on a
-//! unix socket, and Prometheus metrics over HTTP.
+//! unix socket. The metrics (`crate::metrics`) report from the same [`status_of`].
 
 use crate::ha::agent::{AgentHandle, AgentStatus};
 use crate::ha::decide::{Disk, HaConfig, Request, Role};
 use proto::backend::v1 as pb;
 use proto::backend::v1::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Request as GrpcRequest, Response, Status};
 
 pub struct AdminService {
@@ -173,116 +172,6 @@ impl Admin for AdminService {
     }
 }
 
-/// Prometheus text exposition of the agent's state.
-pub fn metrics_text(config: &HaConfig, status: &AgentStatus, volumes: Option<usize>) -> String {
-    let s = status_of(config, status, &[]);
-    let node = &config.node;
-    let flag = |b: bool| if b { 1 } else { 0 };
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, value: String| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
-        ));
-    };
-    metric(
-        "hanfs_active",
-        "1 if this node serves the export (Lease holder with the VIP).",
-        "gauge",
-        flag(s.vip && s.lease_holder == *node).to_string(),
-    );
-    metric(
-        "hanfs_drbd_primary",
-        "1 if DRBD is Primary here.",
-        "gauge",
-        flag(s.drbd_role == "Primary").to_string(),
-    );
-    metric(
-        "hanfs_drbd_connected",
-        "1 if the replication link is up.",
-        "gauge",
-        flag(s.connected).to_string(),
-    );
-    metric(
-        "hanfs_drbd_disk_up_to_date",
-        "1 if the local disk is UpToDate.",
-        "gauge",
-        flag(s.disk == "UpToDate").to_string(),
-    );
-    metric(
-        "hanfs_drbd_peer_disk_up_to_date",
-        "1 if the peer's disk is UpToDate.",
-        "gauge",
-        flag(s.peer_disk == "UpToDate").to_string(),
-    );
-    metric(
-        "hanfs_lease_acquisitions_total",
-        "Times this node acquired the Lease (failovers and switchovers to it).",
-        "counter",
-        s.acquisitions.to_string(),
-    );
-    metric(
-        "hanfs_last_takeover_seconds",
-        "Lease acquisition to VIP up, for the last takeover by this node.",
-        "gauge",
-        if s.last_takeover_ms < 0 {
-            "NaN".into()
-        } else {
-            format!("{:.3}", s.last_takeover_ms as f64 / 1000.0)
-        },
-    );
-    metric(
-        "hanfs_last_resorts_total",
-        "Times this node had to freeze or reboot because it could not stand down in time.",
-        "counter",
-        s.last_resorts.to_string(),
-    );
-    if let Some(count) = volumes {
-        metric(
-            "hanfs_volumes",
-            "Volumes on the export.",
-            "gauge",
-            count.to_string(),
-        );
-    }
-    out.push_str(&volumes::api::metrics::render());
-    out
-}
-
-/// Serves `GET /metrics` on `listener` (a minimal HTTP/1.1 responder: Prometheus needs
-/// nothing more), until the task is dropped.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    render: Arc<dyn Fn() -> String + Send + Sync>,
-) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let mut buffer = [0u8; 1024];
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buffer))
-                    .await;
-            let Ok(Ok(n)) = read else { return };
-            let request = String::from_utf8_lossy(&buffer[..n]);
-            let (status, body) = if request.starts_with("GET /metrics") {
-                ("200 OK", render())
-            } else {
-                (
-                    "404 Not Found",
-                    "only /metrics is served here\n".to_string(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +219,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn status_and_metrics_report_a_standby() {
+    async fn status_reports_a_standby() {
         let svc = service();
         let status = svc
             .status(GrpcRequest::new(pb::AdminStatusRequest {}))
@@ -340,12 +229,5 @@ mod tests {
         assert_eq!((status.node.as_str(), status.peer.as_str()), ("a", "b"));
         assert_eq!(status.warnings, vec!["fencing is off"]);
         assert_eq!(status.last_takeover_ms, -1);
-        let text = metrics_text(&svc.config, &svc.handle.status(), Some(3));
-        assert!(text.contains("hanfs_active{node=\"a\"} 0"), "{text}");
-        assert!(text.contains("hanfs_volumes{node=\"a\"} 3"), "{text}");
-        assert!(
-            text.contains("# TYPE hanfs_lease_acquisitions_total counter"),
-            "{text}"
-        );
     }
 }

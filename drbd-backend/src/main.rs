@@ -8,7 +8,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::endpoint::{self, Endpoint, Listener};
-use drbd_backend::admin::{self, AdminService};
+use drbd_backend::admin::AdminService;
 use drbd_backend::agent_config::AgentFile;
 use drbd_backend::drivers::drbd::{self, Drbd};
 use drbd_backend::drivers::fs_mount::FsMount;
@@ -17,6 +17,8 @@ use drbd_backend::drivers::nfsd::{Nfsd, NfsdConfig};
 use drbd_backend::drivers::vip::Vip;
 use drbd_backend::ha::agent::{Agent, AgentConfig};
 use drbd_backend::ha::system::SystemStack;
+use drbd_backend::metrics;
+use drbd_backend::servers::Servers;
 use proto::backend::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -277,16 +279,19 @@ async fn run_agent(path: &Path) -> Result<(), Error> {
     );
     let handle = agent.handle();
 
+    // Every server is watched: should one stop, the agent stops and exits non-zero (the
+    // roles stay as on SIGTERM; the restarted agent resumes its tenure and rebinds).
+    let mut servers = Servers::default();
+
     // The volume API listens on every node; only the active one has the store open.
     let token = read_token(file.volume_api.token_file.as_deref())?;
     let volume_listener = Listener::bind(&Endpoint::parse(&file.volume_api.listen)?).await?;
     let router =
         tonic::transport::Server::builder().add_service(api::service_for_slot(slot.clone(), token));
-    tokio::spawn(endpoint::serve(
-        router,
-        volume_listener,
-        std::future::pending(),
-    ));
+    servers.spawn(
+        "volume API",
+        endpoint::serve(router, volume_listener, std::future::pending()),
+    );
 
     let admin_listener = Listener::bind(&Endpoint::Unix(file.admin_socket.clone())).await?;
     let admin_router = tonic::transport::Server::builder().add_service(AdminService::server(
@@ -294,31 +299,57 @@ async fn run_agent(path: &Path) -> Result<(), Error> {
         handle.clone(),
         warnings,
     ));
-    tokio::spawn(endpoint::serve(
-        admin_router,
-        admin_listener,
-        std::future::pending(),
-    ));
+    servers.spawn(
+        "admin",
+        endpoint::serve(admin_router, admin_listener, std::future::pending()),
+    );
 
     if let Some(address) = &file.metrics_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| format!("binding metrics {address}: {e}"))?;
-        let render_handle = handle.clone();
-        let render_slot = slot.clone();
-        let render = Arc::new(move || {
-            let volumes = render_slot
-                .get()
-                .ok()
-                .and_then(|s| s.status().ok())
-                .map(|s| s.volume_count);
-            admin::metrics_text(&ha, &render_handle.status(), volumes)
+        let sample_slot = slot.clone();
+        // statfs/read_dir of the export, on the sampler's thread, never in a scrape.
+        let sampler = metrics::Sampler::start(
+            "export-sampler",
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+            move || {
+                let store = sample_slot.get().ok()?;
+                store
+                    .status()
+                    .inspect_err(|e| tracing::warn!(error = %e, "sampling the export failed"))
+                    .ok()
+                    .map(|s| s.volume_count)
+            },
+        )
+        .map_err(|e| format!("starting the export sampler: {e}"))?;
+        let status_handle = handle.clone();
+        let registry = metrics::registry(metrics::Sources {
+            config: ha.clone(),
+            status: Box::new(move || status_handle.status()),
+            // The sampler lives as long as the registry, i.e. the metrics server.
+            export: Box::new(move || sampler.latest()),
         });
-        tokio::spawn(admin::serve_metrics(listener, render));
+        servers.spawn("metrics", metrics::serve(listener, Arc::new(registry)));
     }
     tracing::info!(node = %file.node, peer = %file.peer, "HA agent running");
-    agent.run(endpoint::shutdown_signal()).await;
-    Ok(())
+    let mut stopped = None;
+    agent
+        .run(async {
+            tokio::select! {
+                () = endpoint::shutdown_signal() => {}
+                server = servers.first_stopped() => {
+                    tracing::error!(%server, "a server of the agent stopped: stopping the agent");
+                    stopped = Some(server);
+                }
+            }
+        })
+        .await;
+    match stopped {
+        Some(server) => Err(server.to_string().into()),
+        None => Ok(()),
+    }
 }
 
 async fn fence_peer(path: &Path) -> i32 {

@@ -13,7 +13,8 @@
 
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
-use drbd_backend::admin::{AdminService, metrics_text};
+use drbd_backend::admin::AdminService;
+use drbd_backend::metrics::metrics_text;
 use drbd_backend::drivers::lease::LeaseClient;
 use drbd_backend::drivers::vip::{GarpConfig, Vip};
 use drbd_backend::ha::agent::{Agent, AgentConfig, AgentHandle, Stack, StackObservation};

@@ -7,6 +7,12 @@
 //! for with a timeout, and SIGKILLed and reaped when the timeout passes. NFS waits are
 //! killable (TASK_KILLABLE), so the child does die and nothing is leaked. The child
 //! prints one JSON [`Reply`] on stdout; errors carry the errno.
+//!
+//! Why this is not just `common::command`: that runner runs *tools*; here the node runs
+//! *its own syscalls* out of process, so this module owns the other half too — the
+//! hidden `helper` subcommand that performs them, the JSON reply protocol, and the
+//! child setup (die with the parent). Starting, bounding, killing and reaping the child
+//! is `common::command::output`, the same runner the agent and the test harnesses use.
 
 use crate::mount_spec::{self, MountKind, MountSpec};
 use nix::errno::Errno;
@@ -14,111 +20,14 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statvfs::{FsFlags, statvfs};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitCode, ExitStatus};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
-/// How much of a child's stdout/stderr is kept (the rest is read and dropped, so the
-/// child never blocks on a full pipe).
-const OUTPUT_CAP: usize = 64 * 1024;
-/// How long to wait for a SIGKILLed child to be reaped before leaving it to tokio.
-const REAP_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Error)]
-pub enum RunError {
-    /// The program could not be started.
-    #[error("starting {program}: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The program did not finish in time; it was SIGKILLed.
-    #[error("{program} did not finish within {after:?}; killed pid {pid}")]
-    Timeout {
-        program: String,
-        after: Duration,
-        pid: u32,
-    },
-    /// Waiting for the program failed.
-    #[error("waiting for {program}: {source}")]
-    Wait {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Runs `cmd` with stdin closed and captured output. Past `timeout` the child is
-/// SIGKILLed and reaped, and `RunError::Timeout` is returned.
-pub async fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output, RunError> {
-    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Covers the paths where this future is dropped before the child is reaped.
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let pid = child.id().unwrap_or_default();
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-
-    let finished = tokio::time::timeout(timeout, async {
-        let (status, stdout, stderr) =
-            tokio::join!(child.wait(), read_capped(stdout), read_capped(stderr));
-        status.map(|status| Output {
-            status,
-            stdout,
-            stderr,
-        })
-    })
-    .await;
-    match finished {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(source)) => Err(RunError::Wait { program, source }),
-        Err(_) => {
-            if let Err(err) = child.start_kill() {
-                tracing::warn!(pid, %err, "could not SIGKILL timed-out child");
-            }
-            match tokio::time::timeout(REAP_GRACE, child.wait()).await {
-                Ok(_) => {
-                    tracing::warn!(pid, %program, ?timeout, "child timed out; killed and reaped")
-                }
-                Err(_) => tracing::error!(
-                    pid,
-                    %program,
-                    "child timed out and is still alive {REAP_GRACE:?} after SIGKILL \
-                     (stuck in the kernel); tokio reaps it when it exits"
-                ),
-            }
-            Err(RunError::Timeout {
-                program,
-                after: timeout,
-                pid,
-            })
-        }
-    }
-}
-
-async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut pipe) = pipe else { return kept };
-    let mut buf = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = OUTPUT_CAP.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-}
+/// Errors of running the helper process; the runner is the shared one.
+pub use common::command::CommandError as RunError;
 
 /// statvfs(3) numbers, as the helper reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,9 +157,11 @@ impl Helper {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("helper").args(args);
         die_with_parent(&mut cmd);
-        let output = match run_with_timeout(cmd, timeout).await {
+        let output = match common::command::output(cmd, timeout).await {
             Ok(output) => output,
-            Err(RunError::Timeout { after, .. }) => return Err(HelperError::Timeout { op, after }),
+            Err(RunError::TimedOut { timeout, .. }) => {
+                return Err(HelperError::Timeout { op, after: timeout });
+            }
             Err(source) => return Err(HelperError::Run { op, source }),
         };
         let reply = String::from_utf8_lossy(&output.stdout)
@@ -526,50 +437,9 @@ fn bind_mount(source: &str, target: &Path, flags: MsFlags) -> Result<(), (String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
 
-    #[tokio::test]
-    async fn a_hung_child_is_killed_reaped_and_reported() {
-        let mut cmd = Command::new("/bin/sleep");
-        cmd.arg("30");
-        let started = std::time::Instant::now();
-        let err = run_with_timeout(cmd, Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "returned after {:?}",
-            started.elapsed()
-        );
-        assert!(err.to_string().contains("killed pid"), "{err}");
-        let RunError::Timeout { pid, after, .. } = err else {
-            panic!("{err}")
-        };
-        assert_eq!(after, Duration::from_millis(200));
-        // Reaped, not a zombie: the pid no longer exists.
-        assert_eq!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH));
-    }
-
-    #[tokio::test]
-    async fn output_and_status_are_captured_and_stdin_is_closed() {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "cat; echo out; echo err >&2; exit 3"]);
-        let output = run_with_timeout(cmd, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert_eq!(output.status.code(), Some(3));
-        assert_eq!(output.stdout, b"out\n");
-        assert_eq!(output.stderr, b"err\n");
-    }
-
-    #[tokio::test]
-    async fn a_missing_program_is_a_spawn_error() {
-        let err = run_with_timeout(Command::new("/nonexistent/x"), Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, RunError::Spawn { .. }), "{err}");
-    }
+    // Killing, reaping and capturing are the shared runner's, tested in common::command;
+    // what follows is the helper protocol on top of it.
 
     #[tokio::test]
     async fn a_helper_that_prints_no_reply_is_broken_with_its_stderr() {

@@ -35,7 +35,7 @@ impl Supervised {
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self, CmdError> {
         cmd.stdin(Stdio::null()).process_group(0);
         let child = cmd.spawn().map_err(|source| CmdError::Spawn {
-            cmd: describe(cmd),
+            program: describe(cmd),
             source,
         })?;
         Ok(Supervised {

@@ -221,46 +221,7 @@ async fn blocking<T: Send + 'static>(
     result
 }
 
-/// Request counts and latencies of the volume API, for `/metrics`.
-pub mod metrics {
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    /// (method, gRPC code) → (requests, total seconds).
-    type Calls = BTreeMap<(&'static str, String), (u64, f64)>;
-    static CALLS: Mutex<Calls> = Mutex::new(BTreeMap::new());
-
-    pub fn record(method: &'static str, code: tonic::Code, elapsed: Duration) {
-        let mut calls = CALLS.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = calls
-            .entry((method, format!("{code:?}")))
-            .or_insert((0, 0.0));
-        entry.0 += 1;
-        entry.1 += elapsed.as_secs_f64();
-    }
-
-    pub fn render() -> String {
-        let calls = CALLS.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::from(
-            "# HELP hanfs_volume_api_requests_total Volume API requests by method and gRPC code.\n\
-             # TYPE hanfs_volume_api_requests_total counter\n",
-        );
-        for ((method, code), (count, _)) in calls.iter() {
-            out.push_str(&format!(
-                "hanfs_volume_api_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}\n"
-            ));
-        }
-        out.push_str(
-            "# HELP hanfs_volume_api_seconds_total Time spent serving volume API requests.\n\
-             # TYPE hanfs_volume_api_seconds_total counter\n",
-        );
-        for ((method, code), (_, seconds)) in calls.iter() {
-            out.push_str(&format!("hanfs_volume_api_seconds_total{{method=\"{method}\",code=\"{code}\"}} {seconds:.6}\n"));
-        }
-        out
-    }
-}
+pub mod metrics;
 
 fn on_delete_from_pb(value: i32) -> Result<OnDelete, Status> {
     match pb::OnDelete::try_from(value) {

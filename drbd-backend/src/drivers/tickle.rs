@@ -368,11 +368,14 @@ pub fn send_tickles(connections: &[Connection]) -> Result<SendReport, TickleErro
     Ok(report)
 }
 
-/// The one place in this module with syscalls std does not wrap.
+/// The raw socket, through `nix`: no `unsafe` here.
 mod raw {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket,
+    };
     use std::io;
-    use std::net::Ipv4Addr;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::os::fd::{AsRawFd, OwnedFd};
 
     /// `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)`: send-only, `IP_HDRINCL` implied, so the
     /// packet goes out with the header we built (the kernel rewrites only the header
@@ -380,44 +383,22 @@ mod raw {
     pub(super) struct RawIpv4Socket(OwnedFd);
 
     impl RawIpv4Socket {
-        #[allow(unsafe_code)]
         pub(super) fn open() -> io::Result<Self> {
-            // SAFETY: socket() takes no pointers; the result is checked before use.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_INET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::IPPROTO_RAW,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: fd is a fresh descriptor that nothing else owns; OwnedFd closes it.
-            Ok(RawIpv4Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::Raw,
+            )?;
+            Ok(RawIpv4Socket(fd))
         }
 
-        #[allow(unsafe_code)]
+        /// MSG_DONTWAIT: a full send buffer is reported, never waited for, so the
+        /// takeover path cannot stall on it.
         pub(super) fn send(&self, packet: &[u8], destination: Ipv4Addr) -> io::Result<()> {
-            // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-            let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            to.sin_family = libc::AF_INET as libc::sa_family_t;
-            to.sin_addr.s_addr = u32::from_ne_bytes(destination.octets());
-            // SAFETY: the buffer and address pointers are valid for the lengths given and
-            // outlive the call.
-            let sent = unsafe {
-                libc::sendto(
-                    self.0.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    libc::MSG_DONTWAIT,
-                    (&raw const to).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // The port is meaningless for a raw socket; the kernel routes by address.
+            let to = SockaddrIn::from(SocketAddrV4::new(destination, 0));
+            sendto(self.0.as_raw_fd(), packet, &to, MsgFlags::MSG_DONTWAIT)?;
             Ok(())
         }
     }

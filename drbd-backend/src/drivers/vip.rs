@@ -482,49 +482,53 @@ pub fn gratuitous_arp_reply_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
     arp_frame(ARPOP_REPLY, mac, ip, mac)
 }
 
-/// The one place in this module with syscalls std does not wrap.
+/// The packet socket, through `nix`. One `unsafe` call is left: nix has no safe
+/// constructor for a link-layer address (`LinkAddr`), so it is read from a
+/// `sockaddr_ll` built here field by field.
 mod raw {
+    use nix::sys::socket::{
+        AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike, sendto, socket,
+    };
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
+
+    /// Where the frames go: out of interface `ifindex`, Ethernet broadcast.
+    fn broadcast_on(ifindex: i32) -> io::Result<LinkAddr> {
+        let mut sll_addr = [0u8; 8];
+        sll_addr[..6].copy_from_slice(&super::BROADCAST);
+        let to = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: super::ETH_P_ARP.to_be(),
+            sll_ifindex: ifindex,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 6,
+            sll_addr,
+        };
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `to` is a fully initialised sockaddr_ll that outlives the call, and
+        // `len` is its exact size; from_raw copies it and checks family and length.
+        #[allow(unsafe_code)]
+        let address = unsafe { LinkAddr::from_raw((&raw const to).cast(), Some(len)) };
+        address.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+    }
 
     /// Sends each complete Ethernet frame once out of interface `ifindex`.
-    #[allow(unsafe_code)]
     pub(super) fn send_frames(ifindex: u32, frames: &[[u8; 42]]) -> io::Result<()> {
         let ifindex =
             i32::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let to = broadcast_on(ifindex)?;
         // Protocol 0: this socket only sends, the kernel queues nothing for it to read.
-        // SAFETY: socket() takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns; OwnedFd closes it.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = super::ETH_P_ARP.to_be();
-        to.sll_ifindex = ifindex;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&super::BROADCAST);
+        let socket = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
         for frame in frames {
             // MSG_DONTWAIT: a fresh socket's send buffer holds these frames easily;
             // should it ever be full we report it rather than block the runtime.
-            // SAFETY: the buffer and address pointers are valid for the lengths given
-            // and outlive the call.
-            let sent = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    libc::MSG_DONTWAIT,
-                    (&raw const to).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            sendto(socket.as_raw_fd(), frame, &to, MsgFlags::MSG_DONTWAIT)?;
         }
         Ok(())
     }
