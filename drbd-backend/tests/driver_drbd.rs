@@ -6,7 +6,6 @@
 
 use drbd_backend::drivers::command::CommandError;
 use drbd_backend::drivers::drbd::*;
-use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -445,29 +444,19 @@ async fn every_command_passes_the_documented_argv() {
         "fake-records-argv.sh",
         "fake-drbdsetup-events2-from-file.sh",
     );
-    d.up().await.unwrap();
-    d.adjust().await.unwrap();
     d.promote().await.unwrap();
     d.force_promote().await.unwrap();
     d.demote().await.unwrap();
-    d.connect().await.unwrap();
-    d.disconnect(false).await.unwrap();
-    d.disconnect(true).await.unwrap();
-    d.outdate().await.unwrap();
-    d.clear_bitmap_new_uuid().await.unwrap();
+    d.resume_io().await.unwrap();
+    d.dump_config().await.unwrap();
     assert_eq!(
         argv_log(dir.path()),
         [
-            "up r0",
-            "adjust r0",
             "primary r0",
             "primary --force r0",
             "secondary r0",
-            "connect r0",
-            "disconnect r0",
-            "disconnect --force r0",
-            "outdate r0",
-            "-- --clear-bitmap new-current-uuid r0",
+            "resume-io r0",
+            "dump r0",
         ]
     );
 }
@@ -561,13 +550,13 @@ async fn refusals_and_a_resource_the_kernel_does_not_know() {
         "{err}"
     );
 
-    // drbdadm connect on a resource that is configured but not up (8.4 wording).
+    // drbdadm secondary on a resource that is configured but not up (8.4 wording).
     std::fs::write(
         dir.path().join("stderr.txt"),
         "r0: Failure: (158) Unknown resource\nadditional info from kernel:\nunknown resource\n",
     )
     .unwrap();
-    let err = d.connect().await.unwrap_err();
+    let err = d.demote().await.unwrap_err();
     assert!(matches!(&err, DrbdError::ResourceDown { .. }), "{err:?}");
 
     // status() reports such a resource as down instead of failing.
@@ -586,7 +575,7 @@ async fn a_hanging_drbdadm_times_out() {
     );
     d.timeout = Duration::from_millis(300);
     let started = Instant::now();
-    let err = d.disconnect(false).await.unwrap_err();
+    let err = d.demote().await.unwrap_err();
     assert!(
         matches!(
             &err,
@@ -612,7 +601,7 @@ async fn a_missing_tool_is_a_spawn_error() {
         resource: "r0".into(),
         timeout: Duration::from_secs(5),
     };
-    let err = d.up().await.unwrap_err();
+    let err = d.promote().await.unwrap_err();
     assert!(
         matches!(
             &err,
@@ -634,85 +623,4 @@ async fn a_missing_tool_is_a_spawn_error() {
         ),
         "{err:?}"
     );
-}
-
-// ---------------------------------------------------------------------------------------
-// Streaming watcher
-// ---------------------------------------------------------------------------------------
-
-async fn next(watch: &mut EventsWatch) -> Result<Event, DrbdError> {
-    tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-#[tokio::test]
-async fn the_watcher_restarts_drbdsetup_when_it_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = drbd(
-        dir.path(),
-        "fake-records-argv.sh",
-        "fake-drbdsetup-events2-stream.sh",
-    );
-    std::fs::write(dir.path().join("exit-after-dump"), "").unwrap();
-    let mut watch = d.watch();
-    for _run in 0..2 {
-        let mut status = DrbdStatus::default();
-        for _ in 0..3 {
-            status.apply(&next(&mut watch).await.unwrap());
-        }
-        assert!(status.complete && status.is_primary());
-        let err = next(&mut watch).await.unwrap_err();
-        match err {
-            DrbdError::WatchExited { stderr, .. } => {
-                assert!(stderr.contains("exiting on purpose"), "{stderr}")
-            }
-            other => panic!("wrong error: {other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
-async fn dropping_the_watcher_kills_drbdsetup() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = drbd(
-        dir.path(),
-        "fake-records-argv.sh",
-        "fake-drbdsetup-events2-stream.sh",
-    );
-    let mut watch = d.watch();
-    for _ in 0..3 {
-        next(&mut watch).await.unwrap();
-    }
-    let pid: i32 = std::fs::read_to_string(dir.path().join("pids"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    assert!(proc_dir.exists());
-    drop(watch);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // The child is killed at once; tokio reaps it in the background, so poll briefly.
-    while is_alive(&proc_dir) {
-        assert!(
-            Instant::now() < deadline,
-            "drbdsetup double {pid} still running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Gone, or a zombie waiting for the reaper.
-fn is_alive(proc_dir: &Path) -> bool {
-    match std::fs::read_to_string(proc_dir.join("stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
 }

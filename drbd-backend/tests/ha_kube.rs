@@ -14,11 +14,13 @@
 #![allow(clippy::unwrap_used)] // test setup panics on failure by design
 
 use drbd_backend::admin::AdminService;
-use drbd_backend::metrics::metrics_text;
 use drbd_backend::drivers::lease::LeaseClient;
 use drbd_backend::drivers::vip::{GarpConfig, Vip};
-use drbd_backend::ha::agent::{Agent, AgentConfig, AgentHandle, Stack, StackObservation};
-use drbd_backend::ha::decide::{Disk, DrbdView, HaConfig, Role, StackAction, StackView};
+use drbd_backend::ha::agent::{
+    Agent, AgentConfig, AgentHandle, Stack, StackObservation, StepError,
+};
+use drbd_backend::metrics::metrics_text;
+use ha_core::{Disk, DrbdView, HaConfig, Ineligible, Phase, Role, StackAction, StackView};
 use proto::backend::v1 as pb;
 use proto::backend::v1::admin_server::Admin;
 use std::net::Ipv4Addr;
@@ -79,17 +81,18 @@ impl Stack for RecordingDrbdNfsDouble {
         }
     }
 
-    async fn run(&self, step: &StackAction) -> Result<(), String> {
+    async fn run(&self, step: &StackAction) -> Result<(), StepError> {
+        let failed = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
         match step {
             StackAction::AddVip => {
-                self.vip.add().await.map_err(|e| e.to_string())?;
+                self.vip.add().await.map_err(|e| failed(&e))?;
                 self.vip
                     .announce(&GarpConfig::once())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| failed(&e))?;
             }
             StackAction::RemoveVip => {
-                self.vip.remove().await.map_err(|e| e.to_string())?;
+                self.vip.remove().await.map_err(|e| failed(&e))?;
             }
             _ => {}
         }
@@ -101,7 +104,9 @@ impl Stack for RecordingDrbdNfsDouble {
         match step {
             StackAction::Promote | StackAction::PromoteForced { .. } => {
                 if connected && pair.role[other] == Some(Role::Primary) {
-                    return Err("peer is Primary: DRBD refuses a second Primary".into());
+                    return Err(StepError::Refused(
+                        "peer is Primary: DRBD refuses a second Primary".into(),
+                    ));
                 }
                 pair.role[me] = Some(Role::Primary);
             }
@@ -416,11 +421,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     ));
     c.topology.heal(active).unwrap();
     c.wait_for("the healed node settles as standby", limit, |c| {
-        c.handle(active)
-            .status()
-            .last_decision
-            .reason
-            .starts_with("standby")
+        c.handle(active).status().last_decision.phase.is_standby()
     });
     assert!(c.serving(standby) && !c.serving(active));
     let (active, standby) = (standby, active);
@@ -487,8 +488,14 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     ));
     std::thread::sleep(Duration::from_millis(LEASE_MS * 3));
     assert!(!c.serving(standby), "an outdated node must not promote");
-    let reason = c.handle(standby).status().last_decision.reason;
-    assert!(reason.contains("outdated"), "{reason}");
+    let decision = c.handle(standby).status().last_decision;
+    assert_eq!(
+        decision.phase,
+        Phase::Ineligible(Ineligible::MarkedOutdated),
+        "{}",
+        decision.reason
+    );
+    let reason = decision.reason;
     c.log(&format!(
         "{} stayed standby for 3 Lease durations: {reason}",
         NAMES[standby]

@@ -4,8 +4,9 @@
 //! - [`parse_events2_line`] turns one `events2` line into an [`Event`] (pure).
 //! - [`DrbdStatus`] is the state of the resource folded from events (pure): the agent's
 //!   decision function reads it, never the raw lines.
-//! - [`Drbd`] runs the tools: a `--now` snapshot ([`Drbd::status`]), the role and
-//!   connection commands, and a supervised streaming watcher ([`Drbd::watch`]).
+//! - [`Drbd`] runs the tools: a `--now` snapshot ([`Drbd::status`]) and the commands
+//!   the agent runs (promote, demote, resume I/O, dump the configuration). Bringing a
+//!   resource up and connecting it is the operator's (or the test rig's) `drbdadm`.
 //! - [`unsafe_options`] reads `drbdadm dump` text and names the options that undermine
 //!   the safety rules of DESIGN.md §4 (pure).
 //!
@@ -23,17 +24,9 @@
 //!   but a disconnected peer device shows the 8.4 state, e.g. `replication:WFConnection`).
 
 use crate::drivers::command::{self, CommandError};
-use futures::Stream;
-use std::fmt;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::process::Stdio;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------------
 // One events2 line
@@ -683,25 +676,6 @@ pub enum DrbdError {
     /// `drbdsetup events2 --now` printed no `exists -` terminator.
     #[error("drbdsetup events2 --now {resource} ended without 'exists -'; output: {output:?}")]
     IncompleteDump { resource: String, output: String },
-    /// The streaming `drbdsetup events2` could not be started; it is retried.
-    #[error("starting {program} events2 {resource}: {source}")]
-    WatchSpawn {
-        program: String,
-        resource: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The streaming `drbdsetup events2` exited; it is restarted and prints a fresh
-    /// initial dump, so fold into a new [`DrbdStatus`].
-    #[error("drbdsetup events2 {resource} exited ({status}): {stderr}")]
-    WatchExited {
-        resource: String,
-        status: String,
-        stderr: String,
-    },
-    /// A line from the streaming watcher did not parse; the stream goes on.
-    #[error(transparent)]
-    Parse(#[from] ParseError),
 }
 
 /// Which error a failed DRBD tool's stderr means.
@@ -740,15 +714,6 @@ fn classify(resource: &str, action: &'static str, source: CommandError) -> DrbdE
         source,
     }
 }
-
-/// Bounded backoff between restarts of the streaming watcher.
-const WATCH_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A watcher that ran this long counts as healthy: the next restart starts from
-/// [`WATCH_BACKOFF_FIRST`] again.
-const WATCH_HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// How much of the watcher's stderr goes into [`DrbdError::WatchExited`].
-const WATCH_STDERR_MAX: u64 = 4096;
 
 /// One DRBD resource and the tools to drive it.
 #[derive(Debug, Clone)]
@@ -806,16 +771,6 @@ impl Drbd {
         Ok(status)
     }
 
-    /// `drbdadm up`: attach the disk and start connecting.
-    pub async fn up(&self) -> Result<(), DrbdError> {
-        self.drbdadm("up", &["up"]).await.map(drop)
-    }
-
-    /// `drbdadm adjust`: make the kernel match the configuration files.
-    pub async fn adjust(&self) -> Result<(), DrbdError> {
-        self.drbdadm("adjust", &["adjust"]).await.map(drop)
-    }
-
     /// `drbdadm primary`. DRBD refuses without UpToDate data or with a Primary peer.
     pub async fn promote(&self) -> Result<(), DrbdError> {
         self.drbdadm("promote", &["primary"]).await.map(drop)
@@ -839,175 +794,15 @@ impl Drbd {
         self.drbdadm("demote", &["secondary"]).await.map(drop)
     }
 
-    /// `drbdadm connect`.
-    pub async fn connect(&self) -> Result<(), DrbdError> {
-        self.drbdadm("connect", &["connect"]).await.map(drop)
-    }
-
-    /// `drbdadm disconnect [--force]`. Against a dead peer the plain form blocks ~5 s;
-    /// `--force` returns at once but is only safe once the Lease proves the peer
-    /// cannot write (DESIGN.md §4).
-    pub async fn disconnect(&self, force: bool) -> Result<(), DrbdError> {
-        if force {
-            self.drbdadm("forced disconnect", &["disconnect", "--force"])
-                .await
-                .map(drop)
-        } else {
-            self.drbdadm("disconnect", &["disconnect"]).await.map(drop)
-        }
-    }
-
     /// `drbdadm resume-io`: let frozen I/O continue (after the fence record is written).
     pub async fn resume_io(&self) -> Result<(), DrbdError> {
         self.drbdadm("resume-io", &["resume-io"]).await.map(drop)
-    }
-
-    /// `drbdadm outdate`: mark our data Outdated (refused while Primary).
-    pub async fn outdate(&self) -> Result<(), DrbdError> {
-        self.drbdadm("outdate", &["outdate"]).await.map(drop)
-    }
-
-    /// `drbdadm -- --clear-bitmap new-current-uuid`: declare both (fresh, blank) disks in
-    /// sync without the initial full resync. Only valid on brand-new, never-written
-    /// disks on both nodes.
-    pub async fn clear_bitmap_new_uuid(&self) -> Result<(), DrbdError> {
-        self.drbdadm(
-            "clear-bitmap new-current-uuid",
-            &["--", "--clear-bitmap", "new-current-uuid"],
-        )
-        .await
-        .map(drop)
     }
 
     /// `drbdadm dump <res>`: the effective configuration, for [`unsafe_options`].
     pub async fn dump_config(&self) -> Result<String, DrbdError> {
         self.drbdadm("dump", &["dump"]).await.map(|out| out.stdout)
     }
-
-    /// Streams `drbdsetup events2 <res>`: the initial dump (`exists …`, `exists -`), then
-    /// changes. If drbdsetup exits, the stream yields [`DrbdError::WatchExited`] and a
-    /// restarted drbdsetup (after a bounded backoff) dumps the state afresh. Dropping
-    /// the stream kills drbdsetup.
-    pub fn watch(&self) -> EventsWatch {
-        let (tx, rx) = mpsc::channel(256);
-        let task = tokio::spawn(watch_loop(self.clone(), tx));
-        EventsWatch { rx, task }
-    }
-}
-
-/// The stream returned by [`Drbd::watch`].
-pub struct EventsWatch {
-    rx: mpsc::Receiver<Result<Event, DrbdError>>,
-    /// Owns the drbdsetup child (kill_on_drop); aborted on drop, which kills it.
-    task: JoinHandle<()>,
-}
-
-impl fmt::Debug for EventsWatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventsWatch").finish_non_exhaustive()
-    }
-}
-
-impl Stream for EventsWatch {
-    type Item = Result<Event, DrbdError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for EventsWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn watch_loop(drbd: Drbd, tx: mpsc::Sender<Result<Event, DrbdError>>) {
-    let mut backoff = WATCH_BACKOFF_FIRST;
-    loop {
-        let started = Instant::now();
-        let outcome = watch_once(&drbd, &tx).await;
-        let Some(err) = outcome else { return }; // the receiver is gone
-        tracing::warn!(resource = %drbd.resource, %err, ?backoff, "drbdsetup events2 ended; restarting");
-        if tx.send(Err(err)).await.is_err() {
-            return;
-        }
-        if started.elapsed() >= WATCH_HEALTHY_RUN {
-            backoff = WATCH_BACKOFF_FIRST;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = tx.closed() => return,
-        }
-        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
-    }
-}
-
-/// Runs one drbdsetup events2 until it exits. `None` when the receiver went away.
-/// Not `command::run`: this child streams for as long as the agent lives; it gets the
-/// same care (stdin closed, killed on drop, stderr in the error).
-async fn watch_once(drbd: &Drbd, tx: &mpsc::Sender<Result<Event, DrbdError>>) -> Option<DrbdError> {
-    let program = drbd.drbdsetup.to_string_lossy().into_owned();
-    let spawned = tokio::process::Command::new(&drbd.drbdsetup)
-        .args(["events2", &drbd.resource])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(source) => {
-            return Some(DrbdError::WatchSpawn {
-                program,
-                resource: drbd.resource.clone(),
-                source,
-            });
-        }
-    };
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        // Both were requested as pipes above, so tokio always provides them.
-        return Some(DrbdError::WatchExited {
-            resource: drbd.resource.clone(),
-            status: "no pipes".into(),
-            stderr: String::new(),
-        });
-    };
-    let read_stdout = async {
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next_line().await {
-                Ok(Some(line)) if line.trim().is_empty() => {}
-                Ok(Some(line)) => {
-                    let item = parse_events2_line(&line).map_err(DrbdError::from);
-                    if tx.send(item).await.is_err() {
-                        return false;
-                    }
-                }
-                Ok(None) | Err(_) => return true,
-            }
-        }
-    };
-    // Read stderr at the same time, so a chatty drbdsetup cannot block on a full pipe.
-    let read_stderr = async {
-        let mut buf = Vec::new();
-        let mut limited = stderr.take(WATCH_STDERR_MAX);
-        let _ = limited.read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).trim().to_owned()
-    };
-    let (receiver_alive, stderr) = futures::join!(read_stdout, read_stderr);
-    if !receiver_alive {
-        return None; // dropping `child` kills drbdsetup
-    }
-    let status = match child.wait().await {
-        Ok(status) => status.to_string(),
-        Err(err) => format!("wait failed: {err}"),
-    };
-    Some(DrbdError::WatchExited {
-        resource: drbd.resource.clone(),
-        status,
-        stderr,
-    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@
 //! `leaseDurationSeconds` are written for humans and kubectl only — no decision reads
 //! another machine's timestamps (DESIGN.md §4 rule 2).
 
-use crate::ha::decide::LeaseRecord;
+use ha_core::LeaseRecord;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -36,6 +37,30 @@ pub enum LeaseError {
     /// No answer in time, or no connection.
     #[error("API server unreachable for Lease {name}: {detail}")]
     Unreachable { name: String, detail: String },
+}
+
+/// The Lease as the agent and the fence-peer handler use it: read it, and write a record
+/// as a compare-and-swap on its version. [`LeaseClient`] is the Kubernetes one.
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Reads the Lease; a missing object reads as a free Lease with version "".
+    fn read(&self) -> impl Future<Output = Result<LeaseRecord, LeaseError>> + Send;
+    /// Writes `record` if the Lease is still at `record.version`; returns the new
+    /// version. `acquired` marks an acquisition (for humans reading the object).
+    fn write(
+        &self,
+        record: &LeaseRecord,
+        acquired: bool,
+    ) -> impl Future<Output = Result<String, LeaseError>> + Send;
+}
+
+impl LeaseStore for LeaseClient {
+    async fn read(&self) -> Result<LeaseRecord, LeaseError> {
+        LeaseClient::read(self).await
+    }
+
+    async fn write(&self, record: &LeaseRecord, acquired: bool) -> Result<String, LeaseError> {
+        LeaseClient::write(self, record, acquired).await
+    }
 }
 
 /// One Lease object, read and written on behalf of one node.

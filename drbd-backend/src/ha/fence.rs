@@ -5,8 +5,8 @@
 //! data, and only then lets DRBD resume I/O (DESIGN.md §4 rule 4).
 
 use super::agent::load_tenure;
-use super::decide::{FenceDecision, fence_decision};
-use crate::drivers::lease::{LeaseClient, LeaseError};
+use crate::drivers::lease::{LeaseError, LeaseStore};
+use ha_core::{FenceDecision, fence_decision};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,17 @@ pub const EXIT_REFUSED: i32 = 1;
 /// Records the peer as outdated, retrying conflicts and unreachable API servers until
 /// `patience` runs out. Returns the exit code for DRBD and what happened.
 pub async fn fence_peer(
-    lease: &LeaseClient,
+    lease: &impl LeaseStore,
     node: &str,
     peer: &str,
     state_dir: &Path,
     patience: Duration,
 ) -> (i32, String) {
-    let tenure = load_tenure(state_dir);
+    // Without a boot id no persisted tenure can be trusted: refuse (I/O stays frozen).
+    let tenure = match load_tenure(state_dir) {
+        Ok(tenure) => tenure,
+        Err(e) => return (EXIT_REFUSED, format!("{e}: cannot vouch for the tenure")),
+    };
     let deadline = Instant::now() + patience;
     let mut last_problem = String::from("no attempt made");
     while Instant::now() < deadline {

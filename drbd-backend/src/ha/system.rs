@@ -6,13 +6,13 @@
 //! Proven for real in the VM cluster (DRBD and nfsd are not in this host's kernel);
 //! the agent loop above it is tested against a real kube-apiserver with a double.
 
-use super::agent::{Stack, StackObservation, Unhealthy};
-use super::decide::{Disk, DrbdView, Role, StackAction, StackView};
-use crate::drivers::drbd::{self, ConnectionState, DiskState, Drbd};
-use crate::drivers::fs_mount::FsMount;
-use crate::drivers::nfsd::{Daemon, Nfsd};
+use super::agent::{Stack, StackObservation, StepError, Unhealthy};
+use crate::drivers::drbd::{self, ConnectionState, DiskState, Drbd, DrbdError};
+use crate::drivers::fs_mount::{FsError, FsMount, UnmountOutcome};
+use crate::drivers::nfsd::{Daemon, Nfsd, NfsdError};
 use crate::drivers::tickle;
-use crate::drivers::vip::{GarpConfig, Vip};
+use crate::drivers::vip::{GarpConfig, Vip, VipError};
+use ha_core::{Disk, DrbdView, Role, StackAction, StackView};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +26,83 @@ use volumes::{StoreConfig, VolumeStore};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the write probe runs.
 const PROBE_INTERVAL_MS: u64 = 1000;
+/// How long a stand-down waits for in-flight volume-API calls before it unmounts.
+/// Below the step timeout, so a drain that does not finish is reported as a refusal
+/// rather than cut short by the agent's deadline.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Which [`StepError`] a driver error is: refusals where the component said no in its
+/// current state and changed nothing, timeouts where a deadline passed, failures else.
+trait StepErrorOf: std::fmt::Display {
+    fn kind(&self) -> Kind {
+        Kind::Failed
+    }
+    fn step_error(&self) -> StepError {
+        let text = self.to_string();
+        match self.kind() {
+            Kind::Refused => StepError::Refused(text),
+            Kind::TimedOut => StepError::Timeout(text),
+            Kind::Failed => StepError::Failed(text),
+        }
+    }
+}
+
+enum Kind {
+    Refused,
+    TimedOut,
+    Failed,
+}
+
+// A tool's own deadline is a `Timeout` like the agent's: the component hangs, and what
+// the kernel did with the request is unknown even though the tool was killed.
+impl StepErrorOf for DrbdError {
+    fn kind(&self) -> Kind {
+        match self {
+            DrbdError::StateChangeRefused { .. } => Kind::Refused,
+            DrbdError::Command { source, .. } if source.is_timeout() => Kind::TimedOut,
+            _ => Kind::Failed,
+        }
+    }
+}
+
+impl StepErrorOf for FsError {
+    fn kind(&self) -> Kind {
+        match self {
+            FsError::MountpointTaken { .. } => Kind::Refused,
+            FsError::Command { source, .. } if source.is_timeout() => Kind::TimedOut,
+            _ => Kind::Failed,
+        }
+    }
+}
+
+impl StepErrorOf for NfsdError {
+    fn kind(&self) -> Kind {
+        match self {
+            NfsdError::TimedOut { .. } => Kind::TimedOut,
+            NfsdError::Command { source, .. } if source.is_timeout() => Kind::TimedOut,
+            _ => Kind::Failed,
+        }
+    }
+}
+
+impl StepErrorOf for VipError {
+    fn kind(&self) -> Kind {
+        match self {
+            VipError::OnOtherInterface { .. } | VipError::OtherPrefix { .. } => Kind::Refused,
+            VipError::TimedOut { .. } => Kind::TimedOut,
+            _ => Kind::Failed,
+        }
+    }
+}
+
+fn step_error(e: impl StepErrorOf) -> StepError {
+    e.step_error()
+}
+
+fn now_ms() -> u64 {
+    // An unreadable clock makes every periodic job due (safe: they only cost work).
+    super::agent::monotonic_ms().unwrap_or(u64::MAX)
+}
 
 /// What the node does when it is still Primary at a point where the peer may be active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -97,7 +174,7 @@ impl SystemStack {
     /// The active refreshes the list of its NFS clients' connections every few seconds,
     /// so the next active can tickle them right after taking the VIP.
     async fn save_clients(&self) {
-        let now = super::agent::monotonic_ms();
+        let now = now_ms();
         if now.saturating_sub(self.clients_saved_at.load(Ordering::Relaxed)) < 3000 {
             return;
         }
@@ -116,7 +193,7 @@ impl SystemStack {
         }
     }
 
-    async fn open_store(&self) -> Result<(), String> {
+    async fn open_store(&self) -> Result<(), StepError> {
         let config = StoreConfig {
             root: self.mount.mountpoint.clone(),
             capacity_policy: self.capacity_policy,
@@ -126,13 +203,14 @@ impl SystemStack {
         };
         let store = tokio::task::spawn_blocking(move || VolumeStore::open(config))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("opening the volume store: {e}"))?;
+            .map_err(|e| StepError::Failed(e.to_string()))?
+            .map_err(|e| StepError::Failed(format!("opening the volume store: {e}")))?;
         self.store_slot.set(Some(Arc::new(store)));
         Ok(())
     }
 
     async fn send_tickles(&self) -> Result<(), String> {
+        // (Its errors are only logged: the VIP is up either way.)
         let path = self.clients_file.clone();
         let report = tokio::task::spawn_blocking(move || {
             let connections = tickle::load(&path)?;
@@ -218,7 +296,7 @@ impl Stack for SystemStack {
         // hung disk cannot stall the observation.
         // Once a second is enough (the "every second or so"): each probe is an
         // fsync'ed write that DRBD replicates.
-        let now = super::agent::monotonic_ms();
+        let now = now_ms();
         let due = now.saturating_sub(self.probed_at.load(Ordering::Relaxed)) >= PROBE_INTERVAL_MS;
         let unhealthy = if mounted && due {
             self.probed_at.store(now, Ordering::Relaxed);
@@ -242,20 +320,19 @@ impl Stack for SystemStack {
         }
     }
 
-    async fn run(&self, step: &StackAction) -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
+    async fn run(&self, step: &StackAction) -> Result<(), StepError> {
         match step {
-            StackAction::Promote => self.drbd.promote().await.map_err(|x| e(&x)),
+            StackAction::Promote => self.drbd.promote().await.map_err(step_error),
             StackAction::PromoteForced { reason } => {
                 tracing::warn!(%reason, "forced promotion");
-                self.drbd.force_promote().await.map_err(|x| e(&x))
+                self.drbd.force_promote().await.map_err(step_error)
             }
             StackAction::Mount => {
-                self.mount.mount().await.map_err(|x| e(&x))?;
+                self.mount.mount().await.map_err(step_error)?;
                 self.open_store().await
             }
             StackAction::StartNfsd => {
-                self.nfsd.prepare_state_dir().await.map_err(|x| e(&x))?;
+                self.nfsd.prepare_state_dir().await.map_err(step_error)?;
                 let mut daemons = self.daemons.lock().await;
                 // A retried start must not leave a second copy running.
                 for daemon in daemons.drain(..) {
@@ -266,48 +343,64 @@ impl Stack for SystemStack {
                 // (nfsd looks for nfsdcld once, at start). A daemon started next to a
                 // failed one is dropped, which kills it.
                 let (cld, mountd) = tokio::join!(self.nfsd.start_cld(), self.nfsd.start_mountd());
-                daemons.push(cld.map_err(|x| e(&x))?);
-                daemons.push(mountd.map_err(|x| e(&x))?);
+                daemons.push(cld.map_err(step_error)?);
+                daemons.push(mountd.map_err(step_error)?);
                 drop(daemons);
-                self.nfsd.write_times().await.map_err(|x| e(&x))?;
-                self.nfsd.start().await.map_err(|x| e(&x))
+                self.nfsd.write_times().await.map_err(step_error)?;
+                self.nfsd.start().await.map_err(step_error)
             }
-            StackAction::Export => self.nfsd.export().await.map_err(|x| e(&x)),
+            StackAction::Export => self.nfsd.export().await.map_err(step_error),
             StackAction::AddVip => {
-                self.vip.add().await.map_err(|x| e(&x))?;
+                self.vip.add().await.map_err(step_error)?;
                 // One gratuitous ARP before the tickles, or clients answer the dead MAC.
                 self.vip
                     .announce(&GarpConfig::once())
                     .await
-                    .map_err(|x| e(&x))?;
+                    .map_err(step_error)?;
                 // The VIP is up either way; a failed tickle only costs clients a retransmit.
                 if let Err(error) = self.send_tickles().await {
                     tracing::warn!(%error, "could not send tickle ACKs");
                 }
                 Ok(())
             }
-            StackAction::RemoveVip => self.vip.remove().await.map(|_| ()).map_err(|x| e(&x)),
-            StackAction::Unexport => self.nfsd.unexport().await.map_err(|x| e(&x)),
+            StackAction::RemoveVip => self.vip.remove().await.map(|_| ()).map_err(step_error),
+            StackAction::Unexport => self.nfsd.unexport().await.map_err(step_error),
             StackAction::StopNfsd => {
-                self.nfsd.stop().await.map_err(|x| e(&x))?;
+                self.nfsd.stop().await.map_err(step_error)?;
                 for daemon in self.daemons.lock().await.drain(..) {
-                    daemon.stop().await.map_err(|x| e(&x))?;
+                    daemon.stop().await.map_err(step_error)?;
                 }
                 Ok(())
             }
             StackAction::Unmount => {
-                self.store_slot.set(None);
+                // New volume calls get UNAVAILABLE from here on; the ones in flight (a
+                // long clone) finish first. If they do not, the step is refused and
+                // retried: an unmount now would only be lazy, reported as success
+                // while the copy still writes to a detached filesystem.
+                self.store_slot
+                    .close(DRAIN_TIMEOUT)
+                    .await
+                    .map_err(|busy| StepError::Refused(busy.to_string()))?;
                 // nfsd's helpers keep files open on the filesystem (nfsdcld its
                 // database). A teardown skips StopNfsd when nfsd's threads are already
                 // gone (nfsd killed); without this the unmount would only be lazy and
                 // DRBD would refuse to demote a device held open.
                 for daemon in self.daemons.lock().await.drain(..) {
-                    daemon.stop().await.map_err(|x| e(&x))?;
+                    daemon.stop().await.map_err(step_error)?;
                 }
-                self.mount.unmount().await.map(|_| ()).map_err(|x| e(&x))
+                match self.mount.unmount().await.map_err(step_error)? {
+                    // Something still holds the filesystem: DRBD will refuse the demotion
+                    // until it lets go, and the demotion is retried.
+                    UnmountOutcome::Lazy => {
+                        tracing::warn!("unmount was only lazy: the device is still held open")
+                    }
+                    UnmountOutcome::NotMounted | UnmountOutcome::Clean | UnmountOutcome::Forced => {
+                    }
+                }
+                Ok(())
             }
-            StackAction::Demote => self.drbd.demote().await.map_err(|x| e(&x)),
-            StackAction::ResumeIo => self.drbd.resume_io().await.map_err(|x| e(&x)),
+            StackAction::Demote => self.drbd.demote().await.map_err(step_error),
+            StackAction::ResumeIo => self.drbd.resume_io().await.map_err(step_error),
         }
     }
 

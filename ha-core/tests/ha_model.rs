@@ -1,4 +1,5 @@
-//! Property tests of the HA decision core in the simulated two-node world (`ha::sim`):
+//! Property tests of the HA state machine (`ha_core::AgentState`, the one the agent
+//! runs) in the simulated two-node world (`tests/sim`):
 //! random fault sequences (crashes, partitions, API outages, slow/failing/hanging
 //! steps, switchovers, stack failures, hand edits of the Lease, agent restarts, pauses
 //! of a whole node with and without its clock stopping) with
@@ -7,9 +8,11 @@
 //!
 //! A plain binary (harness = false) so it always prints how much it checked.
 
-use drbd_backend::ha::sim::{Fault, Stats, run_scenario};
+mod sim;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use sim::{Fault, Stats, run_scenario};
 use std::cell::RefCell;
 
 fn fault() -> impl Strategy<Value = Fault> {

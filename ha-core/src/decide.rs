@@ -15,13 +15,19 @@
 //! plus `last_resort`: set when this node is still Primary at a point where the other
 //! node may already hold the Lease; the agent must then freeze I/O or reboot.
 //!
-//! Safety rules (each checked by the property tests in `ha::sim`):
+//! Safety rules (each checked by the property tests in `tests/ha_model.rs`, which run
+//! this function inside the agent's state machine, [`crate::machine`]):
 //! 1. Primary only while holding a Lease renewed within `renew_deadline`; the VIP only
 //!    with Primary + mounted + exported.
 //! 2. A holder that cannot renew stands down before `last_resort_after`, which is below
 //!    the `lease_duration` after which the other node may take over.
 //! 3. Never promote stale data: a node marked outdated in the Lease, or whose disk is not
 //!    known to be current, does not become Primary (unless an administrator forces it).
+//!
+//! Time fails closed: an age is `now - then` with `checked_sub`, and a "then" in this
+//! node's future is *unknown*, never "just now". An unknown age of this node's own
+//! renewal makes the Lease invalid (stand down, backstop armed); an unknown age of the
+//! Lease record's last change makes it not expired (never taken over on a guess).
 
 use std::fmt;
 
@@ -223,6 +229,52 @@ pub struct Observed {
     /// resets the count once the node has stood down).
     pub health_failures: u32,
     pub request: Request,
+    /// This node cannot trust its own clock or identity: it stays (or becomes) standby.
+    pub local_fault: Option<LocalFault>,
+}
+
+/// Something about this node itself that makes it unfit to serve, whatever the Lease says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalFault {
+    /// The monotonic clock could not be read: no Lease age can be judged.
+    ClockUnreadable,
+    /// The kernel's boot id could not be read: a persisted tenure cannot be told from one
+    /// written before a reboot, so none is trusted and none can be persisted.
+    BootIdUnreadable,
+}
+
+impl fmt::Display for LocalFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LocalFault::ClockUnreadable => "the monotonic clock cannot be read",
+            LocalFault::BootIdUnreadable => "the boot id cannot be read",
+        })
+    }
+}
+
+/// How long ago this node's last successful renewal was sent, on its own clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// No renewal on record (never acquired, or the agent's state was lost).
+    Never,
+    Ago(Millis),
+    /// Recorded in this node's future: the clock or the record cannot be trusted, so the
+    /// age is unknown and counts as overdue (fail closed).
+    Unknown,
+}
+
+impl Renewal {
+    pub fn of(tenure: &Tenure, now: Millis) -> Renewal {
+        match tenure.renewed_at {
+            None => Renewal::Never,
+            Some(at) => now.checked_sub(at).map_or(Renewal::Unknown, Renewal::Ago),
+        }
+    }
+
+    /// Renewed less than `limit` ago, provably.
+    pub fn within(self, limit: Millis) -> bool {
+        matches!(self, Renewal::Ago(a) if a < limit)
+    }
 }
 
 impl Observed {
@@ -285,8 +337,108 @@ pub struct Decision {
     pub lease: Option<LeaseAction>,
     pub stack: Vec<StackAction>,
     pub last_resort: Option<String>,
-    /// Why, in a few words (for logs and status).
+    /// Where this node stands: what code branches on.
+    pub phase: Phase,
+    /// `phase` in a few words, for logs and the operator's status (never parsed).
     pub reason: String,
+}
+
+/// Where this node stands, as one decision sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// The Lease was never read: serve nothing.
+    #[default]
+    LeaseUnknown,
+    /// Holding the Lease with the whole stack up.
+    Active,
+    /// Holding the Lease and bringing the stack up.
+    BringingUp,
+    /// Holding the Lease, standing down, then releasing it.
+    StandingDown(StandDown),
+    /// The Lease names this node but the renewal is overdue (or of unknown age):
+    /// standing down while still trying to renew.
+    RenewOverdue,
+    /// Not holding; the Lease is free: acquiring.
+    Acquiring,
+    /// Not holding, eligible: waiting for the Lease.
+    Standby,
+    /// Not holding, and may not become Primary.
+    Ineligible(Ineligible),
+}
+
+impl Phase {
+    /// Holding the Lease and serving or about to serve: where stack failures count.
+    pub fn is_active(self) -> bool {
+        matches!(self, Phase::Active | Phase::BringingUp)
+    }
+
+    /// Not holding the Lease.
+    pub fn is_standby(self) -> bool {
+        matches!(
+            self,
+            Phase::Acquiring | Phase::Standby | Phase::Ineligible(_)
+        )
+    }
+}
+
+/// Why a holder stands down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandDown {
+    Switchover,
+    Unhealthy,
+    Ineligible(Ineligible),
+}
+
+/// Why this node may not become Primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ineligible {
+    DrbdUnknown,
+    MarkedOutdated,
+    PeerPrimary,
+    Disk(Disk),
+    Local(LocalFault),
+}
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ineligible::DrbdUnknown => f.write_str("DRBD state unknown"),
+            Ineligible::MarkedOutdated => {
+                f.write_str("marked outdated in the Lease by the peer; must resync first")
+            }
+            Ineligible::PeerPrimary => f.write_str("peer is Primary"),
+            Ineligible::Disk(disk) => write!(f, "disk is {disk}"),
+            Ineligible::Local(fault) => write!(f, "{fault}"),
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phase::LeaseUnknown => f.write_str("the Lease was never read: serve nothing"),
+            Phase::Active => f.write_str("active"),
+            Phase::BringingUp => f.write_str("active: bringing the stack up"),
+            Phase::StandingDown(StandDown::Switchover) => {
+                f.write_str("switchover: standing down, then handing the Lease to the peer")
+            }
+            Phase::StandingDown(StandDown::Unhealthy) => {
+                f.write_str("stack unhealthy: standing down, then handing the Lease to the peer")
+            }
+            Phase::StandingDown(StandDown::Ineligible(why)) => {
+                write!(
+                    f,
+                    "holding the Lease but not eligible ({why}): standing down"
+                )
+            }
+            Phase::RenewOverdue => {
+                f.write_str("Lease not renewed within the deadline: standing down")
+            }
+            Phase::Acquiring => f.write_str("Lease free: acquiring"),
+            Phase::Standby => f.write_str("standby"),
+            Phase::Ineligible(why) => write!(f, "standby, not eligible: {why}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,9 +454,16 @@ impl fmt::Display for Disk {
 }
 
 /// Whether this node's data may become Primary, and how.
-fn eligibility(o: &Observed, c: &HaConfig, record: &LeaseRecord) -> Result<PromoteKind, String> {
+fn eligibility(
+    o: &Observed,
+    c: &HaConfig,
+    record: &LeaseRecord,
+) -> Result<PromoteKind, Ineligible> {
+    if let Some(fault) = o.local_fault {
+        return Err(Ineligible::Local(fault));
+    }
     let Some(drbd) = o.drbd else {
-        return Err("DRBD state unknown".into());
+        return Err(Ineligible::DrbdUnknown);
     };
     if o.request == Request::ForcePromote {
         return Ok(PromoteKind::Forced(
@@ -312,10 +471,10 @@ fn eligibility(o: &Observed, c: &HaConfig, record: &LeaseRecord) -> Result<Promo
         ));
     }
     if record.outdated.as_deref() == Some(c.node.as_str()) {
-        return Err("marked outdated in the Lease by the peer; must resync first".into());
+        return Err(Ineligible::MarkedOutdated);
     }
     if drbd.connected && drbd.peer_role == Role::Primary {
-        return Err("peer is Primary".into());
+        return Err(Ineligible::PeerPrimary);
     }
     match drbd.disk {
         Disk::UpToDate => Ok(PromoteKind::Normal),
@@ -324,7 +483,7 @@ fn eligibility(o: &Observed, c: &HaConfig, record: &LeaseRecord) -> Result<Promo
         Disk::Consistent if record.last_primary.as_deref() == Some(c.node.as_str()) => Ok(
             PromoteKind::Forced("last Primary, peer unreachable: own data is current".into()),
         ),
-        disk => Err(format!("disk is {disk}")),
+        disk => Err(Ineligible::Disk(disk)),
     }
 }
 
@@ -400,39 +559,51 @@ fn bring_up(o: &Observed, kind: &PromoteKind, gated_room: bool) -> Vec<StackActi
 /// has not changed for a whole `lease_duration` on this node's clock.
 fn lease_available(o: &Observed, c: &HaConfig, view: &LeaseView) -> bool {
     let record = &view.record;
-    let expired = o.now.saturating_sub(view.changed_at) >= c.lease_duration;
+    // A change seen "in the future" has an unknown age: not expired (fail closed).
+    let expired = o
+        .now
+        .checked_sub(view.changed_at)
+        .is_some_and(|age| age >= c.lease_duration);
     let released = record.holder.is_none() && record.tenure.is_empty();
     let handed_to_me = record.handover_to.as_deref().is_none_or(|to| to == c.node);
     expired || (released && handed_to_me)
 }
 
 pub fn decide(o: &Observed, c: &HaConfig) -> Decision {
-    let age = o.tenure.renewed_at.map(|t| o.now.saturating_sub(t));
+    let age = Renewal::of(&o.tenure, o.now);
     let mut d = match &o.lease {
         Some(view) => decide_with_lease(o, c, view, age),
         None => Decision {
             stack: teardown(o, c),
-            reason: "the Lease was never read: serve nothing".into(),
+            phase: Phase::LeaseUnknown,
             ..Default::default()
         },
     };
     let record = o.lease.as_ref().map(|v| &v.record);
-    let valid = record.is_some_and(|r| holds(o, c, r)) && age.is_some_and(|a| a < c.renew_deadline);
+    let valid = record.is_some_and(|r| holds(o, c, r)) && age.within(c.renew_deadline);
     // The backstop: Primary when the other node may already own the Lease.
     if maybe_primary(o, c) && !valid {
         let overdue = match age {
-            Some(a) => a >= c.last_resort_after,
+            Renewal::Ago(a) => a >= c.last_resort_after,
             // No renewal on record (agent state lost) and someone else holds it.
-            None => record.is_some_and(|r| r.holder.as_deref().is_some_and(|h| h != c.node)),
+            Renewal::Never => {
+                record.is_some_and(|r| r.holder.as_deref().is_some_and(|h| h != c.node))
+            }
+            // A renewal "in the future": nothing proves the peer has not taken over.
+            Renewal::Unknown => true,
         };
         if overdue {
             d.last_resort = Some(format!(
                 "still Primary (or DRBD unobservable) {} ms after the last Lease renewal (limit {} ms): the peer may take over now",
-                age.map_or("?".to_string(), |a| a.to_string()),
+                match age {
+                    Renewal::Ago(a) => a.to_string(),
+                    Renewal::Never | Renewal::Unknown => "?".to_string(),
+                },
                 c.last_resort_after
             ));
         }
     }
+    d.reason = d.phase.to_string();
     d
 }
 
@@ -445,16 +616,11 @@ fn holds(o: &Observed, c: &HaConfig, record: &LeaseRecord) -> bool {
         && o.tenure.id.as_deref() == Some(record.tenure.as_str())
 }
 
-fn decide_with_lease(
-    o: &Observed,
-    c: &HaConfig,
-    view: &LeaseView,
-    age: Option<Millis>,
-) -> Decision {
+fn decide_with_lease(o: &Observed, c: &HaConfig, view: &LeaseView, age: Renewal) -> Decision {
     let mut d = Decision::default();
     let record = &view.record;
     let holder_is_me = holds(o, c, record);
-    let valid = holder_is_me && age.is_some_and(|a| a < c.renew_deadline);
+    let valid = holder_is_me && age.within(c.renew_deadline);
     let want_down =
         o.request == Request::Switchover || o.health_failures >= c.health_failures_to_step_down;
     let eligible = eligibility(o, c, record);
@@ -466,20 +632,18 @@ fn decide_with_lease(
             let handover_to = want_down.then(|| c.peer.clone());
             d.lease = Some(LeaseAction::Release { handover_to });
         }
-        d.reason = match (&eligible, o.request) {
-            (_, Request::Switchover) => {
-                "switchover: standing down, then handing the Lease to the peer".into()
-            }
-            (Err(why), _) => format!("holding the Lease but not eligible ({why}): standing down"),
-            _ => "stack unhealthy: standing down, then handing the Lease to the peer".into(),
-        };
+        d.phase = Phase::StandingDown(match (&eligible, o.request) {
+            (_, Request::Switchover) => StandDown::Switchover,
+            (Err(why), _) => StandDown::Ineligible(*why),
+            _ => StandDown::Unhealthy,
+        });
     } else if holder_is_me {
-        if age.is_none_or(|a| a >= c.renew_interval) {
+        if !age.within(c.renew_interval) {
             d.lease = Some(LeaseAction::Renew);
         }
         if valid {
             let kind = eligible.unwrap_or(PromoteKind::Normal);
-            let gated_room = age.is_some_and(|a| a + c.gated_step_timeout < c.renew_deadline);
+            let gated_room = age.within(c.renew_deadline.saturating_sub(c.gated_step_timeout));
             d.stack = bring_up(o, &kind, gated_room);
             // Frozen by fencing and the handler gave up: do its job, then resume I/O.
             if o.drbd.is_some_and(|x| x.io_frozen && !x.connected) {
@@ -502,26 +666,26 @@ fn decide_with_lease(
             {
                 d.lease = Some(LeaseAction::ClearOutdated);
             }
-            d.reason = if d.stack.is_empty() {
-                "active".into()
+            d.phase = if d.stack.is_empty() {
+                Phase::Active
             } else {
-                "active: bringing the stack up".into()
+                Phase::BringingUp
             };
         } else {
             d.stack = teardown(o, c);
-            d.reason = "Lease not renewed within the deadline: standing down".into();
+            d.phase = Phase::RenewOverdue;
         }
     } else {
         d.stack = teardown(o, c);
         let down = d.stack.is_empty() && !o.stack_busy;
-        match &eligible {
+        d.phase = match &eligible {
             Ok(_) if down && lease_available(o, c, view) => {
                 d.lease = Some(LeaseAction::Acquire);
-                d.reason = "Lease free: acquiring".into();
+                Phase::Acquiring
             }
-            Ok(_) => d.reason = "standby".into(),
-            Err(why) => d.reason = format!("standby, not eligible: {why}"),
-        }
+            Ok(_) => Phase::Standby,
+            Err(why) => Phase::Ineligible(*why),
+        };
     }
 
     d
@@ -640,6 +804,7 @@ mod tests {
             stack_observed_at: now,
             health_failures: 0,
             request: Request::None,
+            local_fault: None,
         }
     }
 
@@ -855,6 +1020,77 @@ mod tests {
         let d = decide(&o, &c);
         assert_eq!(d.stack.first(), Some(&StackAction::ResumeIo));
         assert_eq!(d.lease, None);
+    }
+
+    #[test]
+    fn a_renewal_in_the_future_is_of_unknown_age_not_fresh() {
+        let c = config();
+        // Renewed "at 9000" while the clock reads 5000: the clock or the record is wrong.
+        let o = observed(
+            5000,
+            Some(lease(Some("a"), 900, Some(9000))),
+            drbd(Role::Primary, Disk::UpToDate),
+            ALL_UP,
+        );
+        assert_eq!(Renewal::of(&o.tenure, o.now), Renewal::Unknown);
+        let d = decide(&o, &c);
+        assert_eq!(d.phase, Phase::RenewOverdue, "not a valid holder");
+        assert_eq!(d.stack.first(), Some(&StackAction::RemoveVip));
+        assert_eq!(
+            d.lease,
+            Some(LeaseAction::Renew),
+            "a renewal makes it known again"
+        );
+        assert!(
+            d.last_resort.is_some(),
+            "Primary with an unknown age: the backstop"
+        );
+        // The same with an honest age is a healthy active.
+        let honest = Observed { now: 9500, ..o };
+        assert_eq!(decide(&honest, &c).phase, Phase::Active);
+    }
+
+    #[test]
+    fn a_lease_change_seen_in_the_future_is_not_expired() {
+        let c = config();
+        let o = observed(
+            5000,
+            Some(lease(Some("b"), 90_000, None)),
+            drbd(Role::Secondary, Disk::UpToDate),
+            StackView::default(),
+        );
+        let d = decide(&o, &c);
+        assert_eq!(
+            (d.lease, d.phase),
+            (None, Phase::Standby),
+            "never taken over on a guess"
+        );
+        // Only a whole Lease duration after the change, on this clock, frees it.
+        let later = Observed {
+            now: 90_000 + c.lease_duration,
+            ..o
+        };
+        assert_eq!(decide(&later, &c).lease, Some(LeaseAction::Acquire));
+    }
+
+    #[test]
+    fn a_local_fault_keeps_a_standby_out_even_when_forced() {
+        let c = config();
+        let mut o = observed(
+            100_000,
+            Some(lease(None, 0, None)),
+            drbd(Role::Secondary, Disk::UpToDate),
+            StackView::default(),
+        );
+        o.request = Request::ForcePromote;
+        o.local_fault = Some(LocalFault::ClockUnreadable);
+        let d = decide(&o, &c);
+        assert_eq!(d.lease, None);
+        assert_eq!(
+            d.phase,
+            Phase::Ineligible(Ineligible::Local(LocalFault::ClockUnreadable))
+        );
+        assert!(d.reason.contains("clock"), "{}", d.reason);
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! A two-node world that drives [`decide`] the way the agent does and checks the safety
-//! rules after every step. Pure and deterministic (its randomness comes from a seed),
-//! so property tests can run thousands of scenarios in seconds and shrink failures.
+//! A two-node world whose agents are the real [`AgentState`] state machine — the very
+//! type `drbd-backend`'s agent runs, fed the same events in the same two lanes — and
+//! that checks the safety rules after every step. Only the world is modelled here;
+//! nothing of the agent's bookkeeping is. Pure and deterministic (its randomness comes
+//! from a seed), so property tests can run thousands of scenarios in seconds.
 //!
 //! Modelled: the Lease in an API server (compare-and-swap on a version, request
 //! latency, unreachability), each node's monotonic clock (own offset and rate, ±2 %),
 //! DRBD (single-primary, protocol C replication, resync, disk states as DRBD reports
 //! them, I/O frozen on connection loss until the fence-peer handler records the peer
 //! outdated), the serving stack (mount, nfsd, export, VIP) with slow, failing and
-//! hanging steps, node crashes and reboots, agent restarts, partitions (node↔API,
-//! node↔node), switchover requests, stack failures and hand edits of the Lease.
+//! hanging steps (cut off by the agent's step deadline, as the agent does), node crashes
+//! and reboots, agent restarts (the tenure survives as the agent persists it), Lease
+//! writes that land although their answer is lost, partitions (node↔API, node↔node),
+//! switchover requests, stack failures and hand edits of the Lease.
 //! Clients write through whichever node serves; every write acknowledged is counted.
 //!
 //! Checked after every step:
@@ -18,12 +22,18 @@
 //! - a promotion never loses an acknowledged write and never promotes a node the
 //!   Lease marks outdated.
 
-use super::decide::{
-    Disk, DrbdView, FenceDecision, HaConfig, LeaseAction, LeaseRecord, LeaseView, Millis, Observed,
-    Request, Role, StackAction, StackView, Tenure, decide, fence_decision,
+// Shared by two test binaries (the property test and the replays), each using a part.
+#![allow(dead_code)]
+
+use ha_core::{
+    AgentState, Disk, DrbdView, FenceDecision, HaConfig, LeaseAction, LeaseRecord, LeaseWrite,
+    Millis, Renewal, Request, Role, StackAction, StackObservation, StackView, StepError, Tenure,
+    WriteError, fence_decision,
 };
 
-const TICK: u64 = 100;
+pub const TICK: u64 = 100;
+/// The agent's deadline for steps that are not gated (the Kubernetes test's value).
+const STEP_TIMEOUT: Millis = 5000;
 
 /// Something that happens to the world between ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,13 +98,28 @@ impl Rng {
     }
 }
 
-struct Pending<A> {
-    action: A,
-    sent_local: Millis,
-    /// The Lease version the request was built from (its compare-and-swap).
-    version: Option<String>,
+/// A Lease write on its way to the API server.
+struct PendingWrite {
+    write: LeaseWrite,
     done_at: u64,
+    /// Sent while the API was unreachable: it never arrives.
     fails: bool,
+}
+
+/// A stack step running.
+struct PendingStep {
+    step: StackAction,
+    done_at: u64,
+    /// How it ends if the world does not refuse it on its own.
+    ends: StepEnd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    Normally,
+    Fails,
+    /// Cut off by the agent's deadline: no effect.
+    TimesOut,
 }
 
 struct Node {
@@ -102,15 +127,18 @@ struct Node {
     up: bool,
     clock_offset: u64,
     clock_rate_ppm: i64,
-    // Agent memory.
-    view: Option<LeaseView>,
-    /// Survive agent restarts (persisted with the monotonic clock), not reboots.
-    renewed_at: Option<Millis>,
-    tenure: Option<String>,
-    request: Request,
-    health_failures: u32,
-    lease_lane: Option<Pending<LeaseAction>>,
-    stack_lane: Option<Pending<StackAction>>,
+    /// The highest local time read so far: a monotonic clock never goes back.
+    clock_floor: Millis,
+    /// The agent: the real state machine.
+    pub agent: AgentState,
+    /// What the agent persisted: survives agent restarts (the monotonic clock keeps
+    /// counting), not reboots. The fence-peer handler reads it too.
+    persisted: Tenure,
+    lease_lane: Option<PendingWrite>,
+    stack_lane: Option<PendingStep>,
+    /// The observation the agent predicted after a successful step: the next step is
+    /// decided from it without a real look, as the agent does.
+    predicted: Option<StackObservation>,
     // DRBD and the stack.
     role: Role,
     generation: u64,
@@ -137,13 +165,12 @@ impl Node {
             up: true,
             clock_offset: offset,
             clock_rate_ppm: rate_ppm,
-            view: None,
-            renewed_at: None,
-            tenure: None,
-            request: Request::None,
-            health_failures: 0,
+            clock_floor: 0,
+            agent: AgentState::default(),
+            persisted: Tenure::default(),
             lease_lane: None,
             stack_lane: None,
+            predicted: None,
             role: Role::Secondary,
             generation: 0,
             knows_up_to_date: true,
@@ -159,9 +186,15 @@ impl Node {
         }
     }
 
-    fn local(&self, global: u64) -> Millis {
-        let scaled = global as i128 * (1_000_000 + self.clock_rate_ppm as i128) / 1_000_000;
-        (self.clock_offset + scaled as u64).saturating_sub(self.clock_stopped_ms)
+    fn scaled(&self, global: u64) -> u64 {
+        (global as i128 * (1_000_000 + self.clock_rate_ppm as i128) / 1_000_000) as u64
+    }
+
+    /// This node's monotonic clock at global time `global`.
+    fn local(&mut self, global: u64) -> Millis {
+        let t = (self.clock_offset + self.scaled(global)).saturating_sub(self.clock_stopped_ms);
+        self.clock_floor = self.clock_floor.max(t);
+        self.clock_floor
     }
 
     /// Up and not paused: the agent and the kernel both run.
@@ -180,13 +213,11 @@ impl Node {
 
     fn reboot(&mut self) {
         self.up = false;
-        self.view = None;
-        self.renewed_at = None;
-        self.tenure = None;
-        self.request = Request::None;
-        self.health_failures = 0;
+        self.agent = AgentState::default();
+        self.persisted = Tenure::default();
         self.lease_lane = None;
         self.stack_lane = None;
+        self.predicted = None;
         self.role = Role::Secondary;
         self.knows_up_to_date = false;
         self.frozen = false;
@@ -194,16 +225,18 @@ impl Node {
         self.stack = StackView::default();
         // A reboot restarts the monotonic clock from an arbitrary point.
         self.clock_offset = self.clock_offset.wrapping_mul(31).wrapping_add(17) % 1_000_000;
+        self.clock_floor = 0;
+        self.clock_stopped_ms = 0;
     }
 
     /// Whether this node, by its own view, may serve writes.
-    fn valid_holder(&self, global: u64) -> bool {
-        let Some(view) = &self.view else { return false };
+    fn valid_holder(&mut self, global: u64) -> bool {
+        let now = self.local(global);
+        let a = &self.agent;
+        let Some(view) = &a.lease else { return false };
         view.record.holder.as_deref() == Some(self.config.node.as_str())
-            && self.tenure.as_deref() == Some(view.record.tenure.as_str())
-            && self
-                .renewed_at
-                .is_some_and(|t| self.local(global).saturating_sub(t) < self.config.renew_deadline)
+            && a.tenure.id.as_deref() == Some(view.record.tenure.as_str())
+            && Renewal::of(&a.tenure, now).within(self.config.renew_deadline)
     }
 }
 
@@ -320,12 +353,12 @@ impl World {
                 }
             }
             Fault::AgentRestart(i) => {
+                // A new process: only what the agent persisted survives.
                 let n = &mut self.nodes[i];
-                n.view = None;
-                n.request = Request::None;
-                n.health_failures = 0;
+                n.agent = AgentState::restored(n.persisted.clone(), None);
                 n.lease_lane = None;
                 n.stack_lane = None;
+                n.predicted = None;
             }
             Fault::CutApi(i) => self.nodes[i].api_ok = false,
             Fault::HealApi(i) => self.nodes[i].api_ok = true,
@@ -333,15 +366,14 @@ impl World {
             Fault::HealLink => self.link_ok = true,
             Fault::Switchover(i) => {
                 if self.nodes[i].up {
-                    self.nodes[i].request = Request::Switchover;
+                    self.nodes[i].agent.request(Request::Switchover);
                 }
             }
             Fault::KillNfsd(i) => {
                 let n = &mut self.nodes[i];
-                if n.up && n.stack.nfsd {
+                // The agent finds it down on its next look and counts it.
+                if n.up {
                     n.stack.nfsd = false;
-                    // What the agent's health check counts.
-                    n.health_failures += 1;
                 }
             }
             Fault::Slow(i, on) => self.nodes[i].slow = on,
@@ -386,51 +418,25 @@ impl World {
         self.nodes.iter().filter(|n| n.serving()).count() == 1
     }
 
-    fn observe(&mut self, i: usize) -> Observed {
-        let local = self.nodes[i].local(self.now);
-        if self.nodes[i].api_ok {
-            LeaseView::observe(&mut self.nodes[i].view, self.lease.clone(), local);
-        }
-        // The agent forgets stack failures once it has stood down: they were failures of
-        // the active stack, and a standby may be needed again.
-        {
-            let n = &mut self.nodes[i];
-            let holder = n
-                .view
-                .as_ref()
-                .is_some_and(|v| v.record.holder.as_deref() == Some(n.config.node.as_str()));
-            if !holder && n.role == Role::Secondary && !n.stack.any_up() && n.stack_lane.is_none() {
-                n.health_failures = 0;
-            }
-        }
+    /// What the agent's stack lane sees: DRBD as `drbdsetup` reports it, the stack.
+    fn observation(&self, i: usize) -> StackObservation {
         let connected = self.connected();
         let peer = &self.nodes[1 - i];
-        let drbd = DrbdView {
-            role: self.nodes[i].role,
-            disk: self.disk(i),
-            connected,
-            peer_role: if connected { peer.role } else { Role::Unknown },
-            peer_disk: if connected {
-                self.disk(1 - i)
-            } else {
-                Disk::Unknown
-            },
-            io_frozen: self.nodes[i].frozen,
-        };
-        let n = &self.nodes[i];
-        Observed {
-            now: local,
-            lease: n.view.clone(),
-            tenure: Tenure {
-                id: n.tenure.clone(),
-                renewed_at: n.renewed_at,
-            },
-            drbd: Some(drbd),
-            stack: n.stack,
-            stack_busy: n.stack_lane.is_some(),
-            stack_observed_at: local + 1,
-            health_failures: n.health_failures,
-            request: n.request,
+        StackObservation {
+            drbd: Some(DrbdView {
+                role: self.nodes[i].role,
+                disk: self.disk(i),
+                connected,
+                peer_role: if connected { peer.role } else { Role::Unknown },
+                peer_disk: if connected {
+                    self.disk(1 - i)
+                } else {
+                    Disk::Unknown
+                },
+                io_frozen: self.nodes[i].frozen,
+            }),
+            stack: self.nodes[i].stack,
+            unhealthy: None,
         }
     }
 
@@ -453,184 +459,201 @@ impl World {
         }
     }
 
-    fn start_actions(&mut self, i: usize, observed: &Observed) {
-        let decision = decide(observed, &self.nodes[i].config);
+    /// The agent's lease lane: read the Lease (if the API answers), decide, maybe run
+    /// the last resort, send the write. The lane waits for its write, as the agent does.
+    fn lease_lane(&mut self, i: usize) {
+        if self.nodes[i].lease_lane.is_some() {
+            return;
+        }
+        let local = self.nodes[i].local(self.now);
+        let config = self.nodes[i].config.clone();
+        if self.nodes[i].api_ok {
+            let record = self.lease.clone();
+            self.nodes[i].agent.lease_read(record, local);
+        } else {
+            self.nodes[i]
+                .agent
+                .lease_read_failed("API server unreachable".into());
+        }
+        let id = self.rng.next();
+        let (tick, _) = self.nodes[i]
+            .agent
+            .lease_tick(&config, local, || id.to_string());
         if self.trace {
+            let n = &self.nodes[i];
             eprintln!(
-                "t={} node{i} local={} role={:?} stack={:?} view={:?} renewed={:?} -> {:?}",
+                "t={} node{i} local={local} role={:?} stack={:?} view={:?} tenure={:?} -> {:?} {:?}",
                 self.now,
-                observed.now,
-                self.nodes[i].role,
-                self.nodes[i].stack,
-                observed.lease,
-                self.nodes[i].renewed_at,
-                decision
+                n.role,
+                n.stack,
+                n.agent.lease,
+                n.agent.tenure,
+                n.agent.last_decision,
+                tick.write
             );
         }
-        if decision.last_resort.is_some() {
+        if tick.last_resort.is_some() {
             self.stats.last_resorts += 1;
             self.nodes[i].reboot();
             // It reboots: back after 5 s.
             self.pending_restarts.push((self.now + 5000, i));
             return;
         }
-        if self.nodes[i].lease_lane.is_none()
-            && let Some(action) = decision.lease
-        {
+        if let Some(write) = tick.write {
             let api_down = !self.nodes[i].api_ok;
             let latency = if api_down {
                 1000
             } else {
                 self.rng.range(5, 300)
             };
-            let version = observed.lease.as_ref().map(|v| v.record.version.clone());
-            self.nodes[i].lease_lane = Some(Pending {
-                action,
-                sent_local: observed.now,
-                version,
+            self.nodes[i].lease_lane = Some(PendingWrite {
+                write,
                 done_at: self.now + latency,
                 fails: api_down,
             });
         }
-        if self.nodes[i].stack_lane.is_none()
-            && let Some(action) = decision.stack.into_iter().next()
-        {
-            let duration = self.step_duration(i, &action);
-            let fails = self.rng.percent(self.nodes[i].failing_percent)
-                || (action == StackAction::Unmount
-                    && (self.nodes[i].hang_unmount || self.nodes[i].frozen));
-            self.nodes[i].stack_lane = Some(Pending {
-                action,
-                sent_local: observed.now,
-                version: None,
-                done_at: self.now + duration,
-                fails,
-            });
-        }
     }
 
+    /// The agent's stack lane: observe (or take the prediction), decide, start a step.
+    fn stack_lane(&mut self, i: usize) {
+        if self.nodes[i].stack_lane.is_some() {
+            return;
+        }
+        let local = self.nodes[i].local(self.now);
+        let config = self.nodes[i].config.clone();
+        let (observation, real) = match self.nodes[i].predicted.take() {
+            Some(predicted) => (predicted, false),
+            None => (self.observation(i), true),
+        };
+        let agent = &mut self.nodes[i].agent;
+        agent.stack_observed(&config, observation, real, local);
+        let Some((step, _)) = agent.next_step(&config, local) else {
+            return;
+        };
+        let limit = if step.is_gated() {
+            config.gated_step_timeout
+        } else {
+            STEP_TIMEOUT
+        };
+        let duration = self.step_duration(i, &step);
+        let failing = self.rng.percent(self.nodes[i].failing_percent);
+        let (done_in, ends) = if duration > limit {
+            (limit, StepEnd::TimesOut)
+        } else if failing || (step == StackAction::Unmount && self.nodes[i].frozen) {
+            (duration, StepEnd::Fails)
+        } else {
+            (duration, StepEnd::Normally)
+        };
+        self.nodes[i].stack_lane = Some(PendingStep {
+            step,
+            done_at: self.now + done_in,
+            ends,
+        });
+    }
+
+    /// A Lease write arrives (or does not): the API server's compare-and-swap, then the
+    /// answer to the agent.
     fn finish_lease_action(&mut self, i: usize) {
         let Some(p) = self.nodes[i].lease_lane.take_if(|p| p.done_at <= self.now) else {
             return;
         };
-        if p.fails || !self.nodes[i].api_ok {
-            return;
+        let local = self.nodes[i].local(self.now);
+        let arrives = !p.fails;
+        // Cut while in flight: the write may land with its answer lost.
+        let answer_lost = !self.nodes[i].api_ok;
+        let lands = arrives && (!answer_lost || self.rng.percent(50));
+        let matches = p.write.record.version == self.lease.version;
+        let result = if lands && matches {
+            let switching = self.nodes[i].agent.request == Request::Switchover;
+            match &p.write.action {
+                LeaseAction::Release { .. } if switching => self.stats.switchovers_completed += 1,
+                LeaseAction::RecordPeerOutdated => self.stats.fences += 1,
+                _ => {}
+            }
+            self.lease = p.write.record.clone();
+            let version = self.bump();
+            if answer_lost {
+                Err(WriteError::Failed("no answer".into()))
+            } else {
+                Ok(version)
+            }
+        } else if lands {
+            Err(WriteError::Conflict)
+        } else {
+            Err(WriteError::Failed("API server unreachable".into()))
+        };
+        let (persist, _) = self.nodes[i].agent.lease_written(p.write, result, local);
+        if let Some(tenure) = persist {
+            self.nodes[i].persisted = tenure;
         }
-        let me = self.nodes[i].config.node.clone();
-        // Every write is a compare-and-swap on the version the request was built from.
-        if p.version.as_deref() != Some(self.lease.version.as_str()) {
-            return;
-        }
-        match p.action {
-            LeaseAction::Acquire => {
-                let tenure = format!("{me}-{}", self.rng.next());
-                self.lease.tenure = tenure.clone();
-                self.nodes[i].tenure = Some(tenure);
-                self.lease.holder = Some(me.clone());
-                self.lease.last_primary = Some(me);
-                self.lease.handover_to = None;
-                self.nodes[i].renewed_at = Some(p.sent_local);
-            }
-            LeaseAction::Renew => {
-                if self.lease.holder.as_deref() != Some(me.as_str()) {
-                    return;
-                }
-                self.nodes[i].renewed_at = Some(p.sent_local);
-            }
-            LeaseAction::Release { handover_to } => {
-                self.lease.holder = None;
-                self.lease.tenure.clear();
-                self.lease.handover_to = handover_to;
-                if self.nodes[i].request == Request::Switchover {
-                    self.stats.switchovers_completed += 1;
-                }
-                self.nodes[i].request = Request::None;
-                self.nodes[i].health_failures = 0;
-            }
-            LeaseAction::ClearOutdated => self.lease.outdated = None,
-            LeaseAction::RecordPeerOutdated => {
-                if self.lease.holder.as_deref() != Some(me.as_str()) {
-                    return;
-                }
-                self.lease.outdated = Some(self.nodes[i].config.peer.clone());
-                self.stats.fences += 1;
-            }
-        }
-        self.bump();
     }
 
+    /// A stack step ends: its effect on the world, then its outcome to the agent.
     fn finish_stack_action(&mut self, i: usize) {
         let Some(p) = self.nodes[i].stack_lane.take_if(|p| p.done_at <= self.now) else {
             return;
         };
-        if p.fails {
-            return;
-        }
+        let local = self.nodes[i].local(self.now);
+        let result = match p.ends {
+            StepEnd::TimesOut => Err(StepError::Timeout(format!("{:?} hung", p.step))),
+            StepEnd::Fails => Err(StepError::Failed("the tool failed".into())),
+            StepEnd::Normally => self.apply_step(i, &p.step),
+        };
+        let (predicted, _) = self.nodes[i].agent.step_finished(&p.step, result, local);
+        self.nodes[i].predicted = predicted;
+    }
+
+    /// What the kernel and the tools do with a step: DRBD refuses what it refuses, a
+    /// step whose preconditions are missing fails.
+    fn apply_step(&mut self, i: usize, step: &StackAction) -> Result<(), StepError> {
+        let refused = |why: &str| Err(StepError::Refused(why.into()));
+        let failed = |why: &str| Err(StepError::Failed(why.into()));
         let connected = self.connected();
         let disk = self.disk(i);
         let peer_primary = self.nodes[1 - i].role == Role::Primary;
         let promoting = matches!(
-            p.action,
+            step,
             StackAction::Promote | StackAction::PromoteForced { .. }
         );
         if promoting && !connected && !self.fence_for_promotion(i) {
             // DRBD with `fencing resource-and-stonith` runs the fence-peer handler before
             // it promotes without a peer; the handler refuses unless this node holds the
             // Lease under its own tenure, and then the promotion fails.
-            return;
+            return refused("the fence-peer handler refused");
         }
         let n = &mut self.nodes[i];
-        let promoted = match p.action {
+        match step {
             // DRBD itself: single-primary while connected; an UpToDate disk unless forced.
-            StackAction::Promote if (connected && peer_primary) || disk != Disk::UpToDate => return,
-            StackAction::PromoteForced { .. } if connected && peer_primary => return,
-            StackAction::Promote | StackAction::PromoteForced { .. } => {
-                n.role = Role::Primary;
-                true
+            StackAction::Promote | StackAction::PromoteForced { .. }
+                if connected && peer_primary =>
+            {
+                return refused("peer is Primary");
             }
-            StackAction::Mount if n.role == Role::Primary => {
-                n.stack.mounted = true;
-                false
+            StackAction::Promote if disk != Disk::UpToDate => {
+                return refused("need access to UpToDate data");
             }
-            StackAction::StartNfsd => {
-                n.stack.nfsd = true;
-                false
+            StackAction::Promote | StackAction::PromoteForced { .. } => n.role = Role::Primary,
+            StackAction::Mount if n.role != Role::Primary => return failed("device is read-only"),
+            StackAction::Mount => n.stack.mounted = true,
+            StackAction::StartNfsd => n.stack.nfsd = true,
+            StackAction::Export if !(n.stack.mounted && n.stack.nfsd) => {
+                return failed("nothing to export");
             }
-            StackAction::Export if n.stack.mounted && n.stack.nfsd => {
-                n.stack.exported = true;
-                false
+            StackAction::Export => n.stack.exported = true,
+            StackAction::AddVip if !(n.stack.exported && n.role == Role::Primary) => {
+                return failed("not serving");
             }
-            StackAction::AddVip if n.stack.exported && n.role == Role::Primary => {
-                n.stack.vip = true;
-                false
-            }
-            StackAction::RemoveVip => {
-                n.stack.vip = false;
-                false
-            }
-            StackAction::Unexport => {
-                n.stack.exported = false;
-                false
-            }
-            StackAction::StopNfsd => {
-                n.stack.nfsd = false;
-                false
-            }
-            StackAction::Unmount if !n.stack.exported => {
-                n.stack.mounted = false;
-                false
-            }
-            StackAction::Demote if !n.stack.mounted => {
-                n.role = Role::Secondary;
-                false
-            }
-            StackAction::ResumeIo => {
-                n.frozen = false;
-                false
-            }
-            _ => false,
-        };
-        if promoted {
+            StackAction::AddVip => n.stack.vip = true,
+            StackAction::RemoveVip => n.stack.vip = false,
+            StackAction::Unexport => n.stack.exported = false,
+            StackAction::StopNfsd => n.stack.nfsd = false,
+            StackAction::Unmount if n.stack.exported => return refused("busy: exported"),
+            StackAction::Unmount => n.stack.mounted = false,
+            StackAction::Demote if n.stack.mounted => return refused("device held open"),
+            StackAction::Demote => n.role = Role::Secondary,
+            StackAction::ResumeIo => n.frozen = false,
+        }
+        if promoting {
             self.stats.promotions += 1;
             let generation = self.nodes[i].generation;
             if generation < self.acked {
@@ -649,6 +672,7 @@ impl World {
                 ));
             }
         }
+        Ok(())
     }
 
     /// The fence-peer handler as DRBD runs it when promoting without a connected peer:
@@ -659,7 +683,12 @@ impl World {
         }
         let me = self.nodes[i].config.node.clone();
         let peer = self.nodes[1 - i].config.node.clone();
-        match fence_decision(&self.lease, &me, self.nodes[i].tenure.as_deref(), &peer) {
+        match fence_decision(
+            &self.lease,
+            &me,
+            self.nodes[i].persisted.id.as_deref(),
+            &peer,
+        ) {
             FenceDecision::RecordOutdated => {
                 self.lease.outdated = Some(peer);
                 self.bump();
@@ -713,7 +742,12 @@ impl World {
             if self.nodes[i].api_ok {
                 let me = self.nodes[i].config.node.clone();
                 let peer = self.nodes[1 - i].config.node.clone();
-                match fence_decision(&self.lease, &me, self.nodes[i].tenure.as_deref(), &peer) {
+                match fence_decision(
+                    &self.lease,
+                    &me,
+                    self.nodes[i].persisted.id.as_deref(),
+                    &peer,
+                ) {
                     FenceDecision::RecordOutdated => {
                         self.lease.outdated = Some(peer);
                         self.bump();
@@ -752,11 +786,12 @@ impl World {
             {
                 self.violation("both nodes Primary".into());
             }
-            let may_serve = |w: &World, i: usize| {
-                let n = &w.nodes[i];
-                n.up && (n.role == Role::Primary || n.valid_holder(w.now))
+            let now = self.now;
+            let mut may_serve = |i: usize| {
+                let n = &mut self.nodes[i];
+                n.up && (n.role == Role::Primary || n.valid_holder(now))
             };
-            if may_serve(self, 0) && may_serve(self, 1) {
+            if may_serve(0) && may_serve(1) {
                 self.violation("both nodes may serve writes".into());
             }
         }
@@ -795,8 +830,11 @@ impl World {
         }
         for i in 0..2 {
             if self.nodes[i].running(self.now) {
-                let observed = self.observe(i);
-                self.start_actions(i, &observed);
+                self.lease_lane(i);
+            }
+            // (A last resort above rebooted the node: it is not running any more.)
+            if self.nodes[i].running(self.now) {
+                self.stack_lane(i);
             }
         }
         self.data_path();
@@ -829,192 +867,4 @@ pub fn run_scenario(seed: u64, lease: Millis, events: &[(u16, Fault)], trace: bo
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn replay(seed: u64, lease: Millis, events: &[(u16, Fault)]) -> World {
-        run_scenario(
-            seed,
-            lease,
-            events,
-            std::env::var_os("HANFS_SIM_TRACE").is_some(),
-        )
-    }
-
-    #[test]
-    fn a_hand_edit_naming_the_old_holder_after_a_switchover_is_safe() {
-        let world = replay(
-            2118576506160205736,
-            15000,
-            &[(28, Fault::Switchover(0)), (0, Fault::SetHolder(Some(0)))],
-        );
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-        assert!(world.one_serving());
-    }
-
-    #[test]
-    fn scenario_two() {
-        use Fault::*;
-        let world = replay(
-            3514700358563122236,
-            15000,
-            &[
-                (9, Slow(0, true)),
-                (14, Switchover(0)),
-                (0, HealApi(0)),
-                (28, Restart(0)),
-                (54, Slow(1, true)),
-                (22, SetHolder(Some(0))),
-                (52, Restart(0)),
-                (39, Restart(0)),
-                (38, HealApi(0)),
-                (3, Switchover(0)),
-            ],
-        );
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-    }
-
-    #[test]
-    fn scenario_three() {
-        use Fault::*;
-        let world = replay(
-            3082468365312321550,
-            15000,
-            &[
-                (0, CutApi(0)),
-                (10, CutLink),
-                (21, AgentRestart(0)),
-                (79, Restart(0)),
-            ],
-        );
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-    }
-
-    #[test]
-    fn scenario_four() {
-        use Fault::*;
-        let world = replay(
-            991706522318,
-            6000,
-            &[
-                (20, HealApi(0)),
-                (0, SetHolder(None)),
-                (31, HealLink),
-                (38, Crash(1)),
-                (0, KillNfsd(0)),
-                (2, CutApi(0)),
-                (0, KillNfsd(0)),
-                (0, SetHolder(None)),
-            ],
-        );
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-        assert!(world.one_serving());
-    }
-
-    /// The checks can fail: a node that never gives up Primary when it loses the API
-    /// (no deadline, no last resort) is caught as soon as the peer takes over.
-    #[test]
-    fn the_checker_catches_a_holder_that_never_steps_down() {
-        let reckless = HaConfig {
-            renew_deadline: u64::MAX / 4,
-            last_resort_after: u64::MAX / 2,
-            lease_duration: 6000,
-            ..HaConfig::with_lease("a", "b", 6000)
-        };
-        let mut world = World::with_configs(7, reckless, HaConfig::with_lease("b", "a", 6000));
-        for _ in 0..200 {
-            world.tick();
-        }
-        assert!(
-            world.one_serving() && world.nodes[0].serving(),
-            "a is active"
-        );
-        world.apply(Fault::CutApi(0));
-        world.apply(Fault::CutLink);
-        for _ in 0..200 {
-            world.tick();
-        }
-        assert!(
-            world
-                .violations
-                .iter()
-                .any(|v| v.what.contains("both nodes")),
-            "{:?}",
-            world.violations
-        );
-    }
-
-    /// The classic VM-pause hazard: the active stops (clock included) long enough for the
-    /// peer to take over, then wakes believing its Lease is fresh. It is still Primary
-    /// (nothing could demote it), but DRBD lost the connection, freezes its I/O, and the
-    /// fence-peer handler refuses (it no longer holds the Lease): it never acknowledges a
-    /// write again, and the peer keeps every acknowledged one.
-    #[test]
-    fn a_paused_active_whose_clock_stopped_never_acknowledges_after_waking() {
-        let mut world = World::new(11, 6000);
-        for _ in 0..170 {
-            world.tick();
-        }
-        let active = if world.nodes[0].serving() { 0 } else { 1 };
-        world.apply(Fault::Pause(active, 150, true));
-        let mut peer_served = false;
-        for _ in 0..300 {
-            world.tick();
-            peer_served |= world.nodes[1 - active].serving();
-            let woke = world.now >= world.nodes[active].paused_until;
-            if woke && world.nodes[active].serving() {
-                assert!(
-                    world.nodes[active].frozen,
-                    "a woken stale active must be frozen"
-                );
-            }
-        }
-        assert!(peer_served, "the peer took over during the pause");
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-        assert!(
-            world.stats.last_resorts >= 1 || !world.nodes[active].serving(),
-            "the stale active stood down"
-        );
-    }
-
-    #[test]
-    fn scenario_five() {
-        use Fault::*;
-        let world = replay(
-            14803522750110324434,
-            6000,
-            &[
-                (31, KillNfsd(0)),
-                (13, Pause(1, 5, false)),
-                (4, Pause(1, 2, false)),
-                (0, Crash(0)),
-                (0, Restart(1)),
-                (19, CutApi(0)),
-                (45, Failing(0, 0)),
-            ],
-        );
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-    }
-
-    /// A promotion started before a pause lands after the peer took over and fenced this
-    /// node. Without a peer, DRBD's fence-peer handler at promotion time refuses it; with
-    /// the peer connected and in sync, the data is current and nothing is lost.
-    #[test]
-    fn a_promotion_landing_after_a_pause_is_refused_by_the_fence_handler() {
-        use Fault::*;
-        let world = replay(
-            2953117642372001580,
-            6000,
-            &[
-                (11, HangUnmount(0, false)),
-                (17, Restart(0)),
-                (23, Restart(0)),
-                (18, Switchover(1)),
-                (15, Pause(0, 74, false)),
-                (48, CutApi(0)),
-                (0, Switchover(1)),
-            ],
-        );
-        assert!(world.violations.is_empty(), "{:?}", world.violations);
-    }
-}
+mod replays;

@@ -1,0 +1,3 @@
+//! The simulator's replay tests (`tests/sim/replays.rs`) under the normal test harness.
+
+mod sim;
