@@ -423,5 +423,9 @@ fn a_switchover_whose_release_answer_was_lost_is_still_over() {
     lease_round(&mut s, &c, &mut lease, later);
     assert_eq!(s.last_decision.phase, Phase::Acquiring);
     lease_round(&mut s, &c, &mut lease, later + 10);
-    assert_eq!(s.last_decision.phase, Phase::BringingUp, "no stale hand-over");
+    assert_eq!(
+        s.last_decision.phase,
+        Phase::BringingUp,
+        "no stale hand-over"
+    );
 }
