@@ -67,7 +67,9 @@ impl Drop for StoreGuard {
 
 /// Volume calls were still running when a close's bound passed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{calls} volume API call(s) still running after {waited:?}; the store stays closed to new calls")]
+#[error(
+    "{calls} volume API call(s) still running after {waited:?}; the store stays closed to new calls"
+)]
 pub struct StillInFlight {
     pub calls: usize,
     pub waited: std::time::Duration,
