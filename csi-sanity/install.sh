@@ -3,7 +3,7 @@
 # the hanfs cache once, and prints the binary's path. Used by run.sh (local mode) and by
 # the VM end-to-end run (csi-sanity over real NFS).
 set -euo pipefail
-version=v5.4.0
+version=v5.6.0
 cache=${HANFS_CACHE:-$HOME/.cache/hanfs}/csi-sanity-$version
 sanity=$cache/csi-sanity
 if [ ! -x "$sanity" ]; then

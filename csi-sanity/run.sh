@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the upstream csi-sanity (kubernetes-csi/csi-test v5.4.0) against hanfs in local
+# Runs the upstream csi-sanity (kubernetes-csi/csi-test v5.6.0) against hanfs in local
 # mode: real binaries, real unix sockets, real bind mounts. No spec is skipped by us.
+# Its folders are removed by remove-path.sh, which unmounts what a failed spec left
+# behind (so later specs still run) and records it; any such leftover fails the run.
 #
 # Usage: csi-sanity/run.sh [bin-dir]   (default: target/debug; builds it if missing)
 # Exits non-zero unless every spec that ran passed and the after-run checks hold.
@@ -38,12 +40,17 @@ for _ in $(seq 1 300); do
 done
 grep -q "local mode is up" "$work/local.log" || { cat "$work/local.log"; echo "local mode did not come up in 30 s"; exit 1; }
 
+export HANFS_SANITY_LEAKS=$work/leaks
+: >"$HANFS_SANITY_LEAKS"
 set +e
 timeout -s KILL 900 "$sanity" \
     --csi.endpoint "unix://$work/sockets/node.sock" \
     --csi.controllerendpoint "unix://$work/sockets/controller.sock" \
     --csi.mountdir "$work/mnt/csi-mount" \
     --csi.stagingdir "$work/mnt/csi-staging" \
+    --csi.removemountpathcmd "$repo/csi-sanity/remove-path.sh" \
+    --csi.removestagingpathcmd "$repo/csi-sanity/remove-path.sh" \
+    --csi.removepathcmdtimeout 30s \
     --csi.testvolumesize $((64 << 20)) \
     --csi.testvolumeexpandsize $((128 << 20)) \
     --csi.testvolumeparameters "$repo/csi-sanity/volume-parameters.yaml" \
@@ -59,6 +66,12 @@ echo "csi-sanity: $ran"
 echo "csi-sanity: $summary"
 if [ "$sanity_rc" -ne 0 ]; then
     echo "csi-sanity failed (exit $sanity_rc); driver logs:"; tail -50 "$work/local.log"
+    [ -s "$HANFS_SANITY_LEAKS" ] && { echo "left behind by the driver:"; cat "$HANFS_SANITY_LEAKS"; }
+    exit 1
+fi
+
+if [ -s "$HANFS_SANITY_LEAKS" ]; then
+    echo "FAIL: the driver left mounts or files in csi-sanity's folders:"; cat "$HANFS_SANITY_LEAKS"
     exit 1
 fi
 

@@ -2,7 +2,7 @@
 //! our `backend.proto`.
 //!
 //! The two upstream files are not vendored: they come from their own releases, the Go
-//! modules `github.com/container-storage-interface/spec@v1.12.0` and
+//! modules `github.com/container-storage-interface/spec@v1.13.0` and
 //! `k8s.io/kubelet@v0.37.2`, fetched with `go mod download` (the Go module proxy
 //! verifies them against the checksum database). Set `CSI_PROTO` / `PLUGINREGISTRATION_PROTO`
 //! to a file's path to build without Go.
@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const CSI_MODULE: &str = "github.com/container-storage-interface/spec@v1.12.0";
+const CSI_MODULE: &str = "github.com/container-storage-interface/spec@v1.13.0";
 /// Holds the kubelet plugin-registration API that replaces node-driver-registrar.
 const KUBELET_MODULE: &str = "k8s.io/kubelet@v0.37.2";
 const REGISTRATION_PROTO_IN_MODULE: &str = "pkg/apis/pluginregistration/v1/api.proto";

@@ -184,24 +184,24 @@ pub async fn volume(sockets: &Sockets, command: VolumeCommand) -> Result<(), Err
         }
         VolumeCommand::Get { volume_id } => {
             let response = client
-                .controller_get_volume(csi::ControllerGetVolumeRequest { volume_id })
+                .controller_get_volume(csi::ControllerGetVolumeRequest {
+                    volume_id: volume_id.clone(),
+                })
                 .await
                 .map_err(described)?
                 .into_inner();
             if let Some(volume) = &response.volume {
                 print_volume(volume);
             }
-            if let Some(condition) = response.status.and_then(|s| s.volume_condition) {
-                println!(
-                    "condition: {} ({})",
-                    if condition.abnormal {
-                        "ABNORMAL"
-                    } else {
-                        "normal"
-                    },
-                    condition.message
-                );
-            }
+            let health = client
+                .controller_get_volume_health(csi::ControllerGetVolumeHealthRequest {
+                    volume_id,
+                    ..Default::default()
+                })
+                .await
+                .map_err(described)?
+                .into_inner();
+            print_health(health.volume_health);
         }
         VolumeCommand::Expand { volume_id, size } => {
             let response = client
@@ -365,18 +365,31 @@ pub async fn stats(sockets: &Sockets, volume_id: &str, target: &Path) -> Result<
             usage.total, usage.used, usage.available
         );
     }
-    if let Some(condition) = response.volume_condition {
-        println!(
-            "condition: {} ({})",
-            if condition.abnormal {
-                "ABNORMAL"
-            } else {
-                "normal"
-            },
-            condition.message
-        );
-    }
+    let health = node
+        .node_get_volume_health(csi::NodeGetVolumeHealthRequest {
+            volume_id: volume_id.to_owned(),
+            volume_publish_path: absolute(target)?,
+            staging_target_path: String::new(),
+        })
+        .await
+        .map_err(described)?
+        .into_inner();
+    print_health(health.volume_health);
     Ok(())
+}
+
+/// `health: normal`, or one line per adverse condition (CSI v1.13 VolumeHealth).
+fn print_health(health: Option<csi::VolumeHealth>) {
+    let statuses = health.map(|h| h.health_statuses).unwrap_or_default();
+    if statuses.is_empty() {
+        println!("health: normal");
+    }
+    for entry in statuses {
+        let status = csi::VolumeHealthErrorType::try_from(entry.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("UNKNOWN");
+        println!("health: {status} {} ({})", entry.reason, entry.message);
+    }
 }
 
 pub async fn status(sockets: &Sockets) -> Result<(), Error> {

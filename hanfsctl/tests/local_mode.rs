@@ -145,7 +145,7 @@ fn a_volume_lives_its_whole_life_through_the_cli() {
     );
 
     let stats = ctl(dir, &["stats", "v1/local/demo", target.to_str().unwrap()]);
-    assert!(stats.contains("condition: normal"), "{stats}");
+    assert!(stats.contains("health: normal"), "{stats}");
     let status = ctl(dir, &["status"]);
     assert!(status.contains("volumes:    2   snapshots: 1"), "{status}");
     assert!(status.contains("quota:"), "{status}");

@@ -1,6 +1,6 @@
 //! Generated gRPC code for the two APIs hanfs speaks.
 //!
-//! - [`csi::v1`]: the Container Storage Interface, spec v1.12.0, compiled from the
+//! - [`csi::v1`]: the Container Storage Interface, spec v1.13.0, compiled from the
 //!   spec's own `csi.proto` (fetched at build time, see `build.rs`).
 //! - [`pluginregistration`]: kubelet's plugin-registration API (`k8s.io/kubelet`
 //!   v0.37.2, `pkg/apis/pluginregistration/v1/api.proto`, fetched at build time): the
