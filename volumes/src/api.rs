@@ -314,6 +314,26 @@ fn capacity_to_pb(c: CapacityInfo) -> pb::Capacity {
     }
 }
 
+fn health_report_to_pb(
+    dir: String,
+    problems: Vec<crate::health::HealthProblem>,
+) -> pb::VolumeHealthReport {
+    use crate::health::HealthStatus;
+    let problems = problems
+        .into_iter()
+        .map(|p| pb::HealthProblem {
+            status: match p.status {
+                HealthStatus::Degraded => pb::HealthStatus::Degraded,
+                HealthStatus::Inaccessible => pb::HealthStatus::Inaccessible,
+                HealthStatus::DataLoss => pb::HealthStatus::DataLoss,
+            } as i32,
+            reason: p.reason.to_owned(),
+            message: p.message,
+        })
+        .collect();
+    pb::VolumeHealthReport { dir, problems }
+}
+
 fn page_size(max_entries: i32) -> Result<usize, Status> {
     usize::try_from(max_entries).map_err(|_| {
         Status::invalid_argument(format!(
@@ -522,6 +542,37 @@ impl Volumes for VolumeApi {
             snapshot_count: s.snapshot_count as u32,
             version: common::VERSION.to_owned(),
             capacity_policy: policy_to_pb(s.capacity_policy) as i32,
+        }))
+    }
+
+    async fn volume_health(
+        &self,
+        request: Request<pb::VolumeHealthRequest>,
+    ) -> Result<Response<pb::VolumeHealthReport>, Status> {
+        let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
+        let store = self.slot.get()?;
+        let name = dir.to_string();
+        let problems = blocking("VolumeHealth", move || store.volume_health(&dir)).await?;
+        Ok(Response::new(health_report_to_pb(name, problems)))
+    }
+
+    async fn list_volume_health(
+        &self,
+        request: Request<pb::ListVolumeHealthRequest>,
+    ) -> Result<Response<pb::ListVolumeHealthResponse>, Status> {
+        let r = request.into_inner();
+        let max = page_size(r.max_entries)?;
+        let store = self.slot.get()?;
+        let (volumes, next) = blocking("ListVolumeHealth", move || {
+            store.list_volume_health(max, &r.starting_token)
+        })
+        .await?;
+        Ok(Response::new(pb::ListVolumeHealthResponse {
+            volumes: volumes
+                .into_iter()
+                .map(|(dir, problems)| health_report_to_pb(dir.to_string(), problems))
+                .collect(),
+            next_token: next.unwrap_or_default(),
         }))
     }
 }

@@ -6,6 +6,7 @@
 //! - [`quota`]: project ids and project quota limits (XFS `prjquota`, ext4 `project`).
 //! - [`copy`]: tree copies by reflink (`FICLONE`) with a reported full-copy fallback.
 //! - [`locks`]: per-name locks so that concurrent calls on one name answer ABORTED.
+//! - [`health`]: pure: a volume's health problems from what the store observed.
 //! - [`store`]: [`VolumeStore`], the operations themselves.
 //! - [`api`]: the gRPC server for `backend.proto`: validated names at the edge, blocking
 //!   work off the async runtime, [`VolumeError`] mapped to status codes in one place.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod copy;
 pub mod error;
+pub mod health;
 pub mod layout;
 pub mod locks;
 pub mod meta;

@@ -190,6 +190,19 @@ pub fn set_limit(fs: &Path, id: u32, bytes: u64) -> std::io::Result<()> {
     quotactl_fd(&file, Q_SETQUOTA, id, (&mut quota as *mut IfDqblk).cast())
 }
 
+/// The project id of `dir` (0: none).
+pub fn project_of(dir: &Path) -> std::io::Result<u32> {
+    Ok(get_fsxattr(&File::open(dir)?)?.projid)
+}
+
+/// The hard block limit of project `id` in bytes (0: no limit).
+pub fn limit(fs: &Path, id: u32) -> std::io::Result<u64> {
+    let file = File::open(fs)?;
+    let mut quota = IfDqblk::default();
+    quotactl_fd(&file, Q_GETQUOTA, id, (&mut quota as *mut IfDqblk).cast())?;
+    Ok(quota.bhardlimit.saturating_mul(QUOTA_BLOCK))
+}
+
 /// Bytes charged to project `id`.
 pub fn usage(fs: &Path, id: u32) -> std::io::Result<u64> {
     let file = File::open(fs)?;
