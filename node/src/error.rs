@@ -49,6 +49,9 @@ pub enum NodeError {
     /// Publish names a staging path where the volume is not staged.
     #[error("volume {volume} is not staged at {path}: NodeStageVolume must succeed first")]
     NotStaged { volume: String, path: String },
+    /// The volume's access mode allows no further publish on this node now.
+    #[error("volume {volume} cannot be published at another target: {reason}")]
+    AccessMode { volume: String, reason: String },
     /// Another publish/unpublish for the same target is still running.
     #[error("an operation on {} is already in progress", .0.display())]
     Busy(PathBuf),
@@ -95,7 +98,7 @@ impl NodeError {
             | NodeError::VolumeMissing { .. }
             | NodeError::NotMounted { .. } => Code::NotFound,
             NodeError::MountedDifferently { .. } => Code::AlreadyExists,
-            NodeError::NotStaged { .. } => Code::FailedPrecondition,
+            NodeError::NotStaged { .. } | NodeError::AccessMode { .. } => Code::FailedPrecondition,
             NodeError::Busy(_) => Code::Aborted,
             NodeError::Resolve { .. } => Code::Unavailable,
             NodeError::Helper(err) if err.is_timeout() => Code::DeadlineExceeded,

@@ -1,17 +1,21 @@
 //! The hanfs CSI node plugin: CSI Identity + Node, mounting volume directories.
 //!
+//! - [`access_mode`]: pure: which publishes a single-writer access mode allows.
 //! - [`config`]: what the plugin is told at start ([`NodeConfig`], [`Transport`]).
 //! - [`service`]: the CSI Node RPCs ([`NodeService`]); stateless, mountinfo is the truth.
 //! - [`mount_spec`]: pure: which mount(2) arguments a publish needs (bind or NFSv4).
 //! - [`target_path`]: checks that publish targets stay below the allowed roots.
 //! - [`syscall_helper`]: mount/umount/statfs in a child process with a deadline, and
 //!   the hidden `helper` subcommand that child runs.
-//! - [`stats`]: pure: NodeGetVolumeStats usage and VolumeCondition from statfs.
+//! - [`stats`]: pure: NodeGetVolumeStats usage from statfs.
+//! - [`volume_health`]: pure: NodeGetVolumeHealth / NodeGetStorageHealth entries from
+//!   the bounded probes (statfs in the helper, TCP connect, stat).
 //! - [`error`]: the service's errors and their one mapping to CSI status codes.
 //! - [`registration`]: kubelet plugin registration (instead of node-driver-registrar).
 //! - [`health`]: `grpc.health.v1` kept up to date by a background check (instead of
 //!   the livenessprobe sidecar).
 
+pub mod access_mode;
 pub mod config;
 pub mod error;
 pub mod health;
@@ -21,6 +25,7 @@ pub mod service;
 pub mod stats;
 pub mod syscall_helper;
 pub mod target_path;
+pub mod volume_health;
 
 pub use config::{NodeConfig, Transport};
 pub use service::NodeService;

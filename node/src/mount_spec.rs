@@ -445,6 +445,9 @@ pub fn check_option(option: &str) -> Result<(), MountSpecError> {
     if option.is_empty() {
         return bad("it is empty");
     }
+    if let Some(value) = selinux_context_value(option) {
+        return check_selinux_context(value).or_else(bad);
+    }
     if option.contains(',') {
         return bad("',' would add further options; give each option as its own list item");
     }
@@ -453,6 +456,42 @@ pub fn check_option(option: &str) -> Result<(), MountSpecError> {
     }
     if option.starts_with('=') || option.matches('=').count() > 1 {
         return bad("an option is `name` or `name=value`");
+    }
+    Ok(())
+}
+
+/// The SELinux mount options (kubelet adds `context=` to NodeStage and NodePublish when
+/// the CSIDriver has `seLinuxMount: true` and the node runs SELinux). Their values are
+/// SELinux labels, whose MCS part has commas (`s0:c1,c2`), so kubelet double-quotes them.
+const SELINUX_CONTEXT_OPTIONS: &[&str] = &["context", "fscontext", "defcontext", "rootcontext"];
+
+/// The value of a SELinux context option, quotes included; `None` for other options.
+fn selinux_context_value(option: &str) -> Option<&str> {
+    let (name, value) = option.split_once('=')?;
+    SELINUX_CONTEXT_OPTIONS.contains(&name).then_some(value)
+}
+
+/// A context value must be one double-quoted label (or a bare one without commas): the
+/// kernel's SELinux option parser takes everything between the quotes, commas too, and
+/// strips the quotes, so a stray quote would swallow the options after it.
+fn check_selinux_context(value: &str) -> Result<(), &'static str> {
+    let label = match value.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .ok_or("a quoted SELinux context must end with '\"'")?,
+        None if value.contains(',') => {
+            return Err("a SELinux context with ',' must be double-quoted");
+        }
+        None => value,
+    };
+    if label.is_empty() {
+        return Err("the SELinux context is empty");
+    }
+    if label.contains('"') || label.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a SELinux context has no quotes, whitespace or control characters inside");
+    }
+    if label.split(':').count() < 3 {
+        return Err("a SELinux context is user:role:type[:level]");
     }
     Ok(())
 }
@@ -767,6 +806,56 @@ mod tests {
         assert!(spec.flags.is_empty() && !spec.read_only());
         assert!(spec.fs_type().is_none());
         assert!(local(&source, &[], true).unwrap().read_only());
+    }
+
+    #[test]
+    fn selinux_context_reaches_the_nfs_mount_data_and_is_reported_ignored_on_binds() {
+        let context = r#"context="system_u:object_r:container_file_t:s0:c12,c345""#;
+        let location = NfsLocation {
+            server: "10.0.0.9".into(),
+            share: "/export".into(),
+        };
+        let base = vec!["vers=4.2".to_string(), "hard".to_string()];
+        let spec = nfs(
+            &location,
+            "10.0.0.9".parse().unwrap(),
+            "/export/volumes/pvc-1",
+            &base,
+            &[context.to_string()],
+            false,
+        )
+        .unwrap();
+        let MountKind::Nfs4 { data } = &spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            data,
+            r#"vers=4.2,hard,context="system_u:object_r:container_file_t:s0:c12,c345",addr=10.0.0.9"#
+        );
+        // A bind mount shares its source's superblock, whose label cannot change.
+        let bind = local(
+            Path::new("/export/volumes/pvc-1"),
+            &[context.to_string()],
+            false,
+        )
+        .unwrap();
+        assert_eq!(bind.ignored, vec![context.to_string()]);
+        for ok in [
+            r#"fscontext="system_u:object_r:nfs_t:s0""#,
+            "rootcontext=system_u:object_r:nfs_t:s0",
+        ] {
+            check_option(ok).unwrap();
+        }
+        for bad in [
+            r#"context="system_u:object_r:t:s0:c1,c2"#,
+            "context=system_u:object_r:t:s0:c1,c2",
+            r#"context="system_u:object_r:t:s0",hard"#,
+            r#"context="a b:c:d""#,
+            r#"context="""#,
+            r#"context="justatype""#,
+        ] {
+            assert!(check_option(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,17 +10,20 @@
 //! (see [`crate::mount_spec`]); NodeGetVolumeStats and NodeExpandVolume get only the id,
 //! so for a static handle they accept any mount of this node's export at the path.
 
+use crate::access_mode::{self, Published};
 use crate::config::{NodeConfig, Transport};
 use crate::error::NodeError;
 use crate::mount_spec::{self, MountSpec, NfsOrigin, StaticHandle, VolumeRef};
 use crate::stats;
 use crate::syscall_helper::Helper;
 use crate::target_path;
+use crate::volume_health::{self, Finding, StorageProbe};
 use common::ids::VolumeId;
 use common::mountinfo::{self, MountInfo};
 use proto::csi::v1::node_server::Node;
 use proto::csi::v1::node_service_capability::{Rpc, Type, rpc};
 use proto::csi::v1::volume_capability::AccessType;
+use proto::csi::v1::volume_capability::access_mode::Mode;
 use proto::csi::v1::*;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -279,7 +282,8 @@ impl NodeService {
                 let source = volume.local_source(export_root);
                 let source = std::fs::canonicalize(&source).unwrap_or(source);
                 mountinfo::origin_of(table, &source).is_some_and(|(device, root)| {
-                    mounted.device() == device && mounted.root == root
+                    mounted.device() == device
+                        && (mounted.root == root || is_deleted_form(&mounted.root, &root))
                 })
             }
             (Transport::Local { export_root }, Identity::AnyStatic(_)) => {
@@ -365,6 +369,30 @@ impl NodeService {
         }
     }
 
+    /// The targets other than `target` (and the staging path) where mountinfo shows a
+    /// mount of `volume` now.
+    async fn published_elsewhere(
+        &self,
+        volume: &VolumeRef,
+        target: &Path,
+        staging: &str,
+    ) -> Result<Vec<Published>, NodeError> {
+        let staging = match staging {
+            "" => None,
+            path => self.lookup_path(path).await,
+        };
+        let table = read_mounts()?;
+        Ok(table
+            .iter()
+            .filter(|m| m.mount_point != target && Some(&m.mount_point) != staging.as_ref())
+            .filter(|m| self.is_mount_of(&table, m, Identity::Exact(volume)))
+            .map(|m| Published {
+                target: m.mount_point.clone(),
+                read_only: m.mount_read_only(),
+            })
+            .collect())
+    }
+
     async fn publish(
         &self,
         req: NodePublishVolumeRequest,
@@ -380,6 +408,28 @@ impl NodeService {
         let origin = self.nfs_origin(&volume, &req.volume_context)?;
         let target = self.resolve_target("target_path", target).await?;
         let _claim = self.claim(&target)?;
+        let mode = capability
+            .access_mode
+            .and_then(|m| Mode::try_from(m.mode).ok())
+            .unwrap_or(Mode::Unknown);
+        // Single-writer modes: one publish of the volume at a time on this node, so two
+        // racing publishes at different targets cannot both pass the check below.
+        let _volume_claim = if access_mode::is_single_writer(mode) {
+            Some(self.claim(&PathBuf::from(format!("volume:{volume}")))?)
+        } else {
+            None
+        };
+        if access_mode::is_single_writer(mode) {
+            let others = self
+                .published_elsewhere(&volume, &target, &req.staging_target_path)
+                .await?;
+            access_mode::check_publish(mode, req.readonly, &others).map_err(|reason| {
+                NodeError::AccessMode {
+                    volume: volume.to_string(),
+                    reason,
+                }
+            })?;
+        }
         let spec = if req.staging_target_path.is_empty() {
             // Published without staging (e.g. by hanfsctl): mount the volume itself.
             self.mount_spec(&volume, &req.volume_context, mount_flags, req.readonly)
@@ -617,21 +667,230 @@ impl NodeService {
             self.find_mount(Identity::AnyStatic(&handle), None, path)
                 .await?
         };
-        let timeout = self.config.stats_timeout;
-        let (usage, condition) = match self.helper.statfs(&path, timeout).await {
-            Ok(fs) => (stats::usage_of(&fs), stats::healthy()),
-            Err(err) => match stats::condition_of_failure(&err, timeout) {
-                Some(condition) => {
-                    tracing::warn!(message = %condition.message, error = %err, "volume abnormal");
-                    (Vec::new(), condition)
-                }
-                None => return Err(err.into()),
-            },
-        };
+        // CSI v1.13 moved the volume's condition out of this call into
+        // NodeGetVolumeHealth; a statfs that fails or hangs is an error here (bounded by
+        // the stats timeout), and the health call says what it means.
+        let fs = self.helper.statfs(&path, self.config.stats_timeout).await?;
         Ok(NodeGetVolumeStatsResponse {
-            usage,
-            volume_condition: Some(condition),
+            usage: stats::usage_of(&fs),
         })
+    }
+
+    /// NodeGetVolumeHealth (CSI v1.13): this node's view of the volume. Every mount of
+    /// it at the given paths (or, with none given, every mount of it mountinfo shows)
+    /// must answer a statfs within the stats timeout; in local mode its directory must
+    /// still exist in the export; with nothing mounted over NFS, the server must answer.
+    async fn volume_health(
+        &self,
+        req: NodeGetVolumeHealthRequest,
+    ) -> Result<NodeGetVolumeHealthResponse, NodeError> {
+        let volume_id = required("volume_id", &req.volume_id)?;
+        let volume = if mount_spec::is_hanfs_shaped(volume_id) {
+            VolumeRef::Hanfs(
+                VolumeId::parse(volume_id, &self.config.cluster_id)
+                    .map_err(NodeError::UnknownVolume)?,
+            )
+        } else {
+            // A static volume: CSI sends no context here, so its mounts are only found
+            // at the paths the CO names.
+            let handle = StaticHandle::parse(volume_id)?;
+            return self.static_volume_health(volume_id, &handle, &req).await;
+        };
+        let identity = Identity::Exact(&volume);
+        let mut mounts = Vec::new();
+        for path in [&req.volume_publish_path, &req.staging_target_path] {
+            if !path.is_empty()
+                && let Ok(canonical) = self.find_mount(identity, None, path).await
+            {
+                mounts.push(canonical);
+            }
+        }
+        if req.volume_publish_path.is_empty() && req.staging_target_path.is_empty() {
+            let table = read_mounts()?;
+            mounts = table
+                .iter()
+                .filter(|m| self.is_mount_of(&table, m, identity))
+                .map(|m| m.mount_point.clone())
+                .collect();
+        }
+        let mut findings = self.probe_mounts(&mounts).await?;
+        match &self.config.transport {
+            Transport::Local { export_root } => {
+                let source = volume.local_source(export_root);
+                let checked = source.clone();
+                let present = blocking("checking the volume directory", move || {
+                    existing_dir(&checked)
+                })
+                .await?
+                .is_some();
+                match (present, mounts.is_empty()) {
+                    (true, _) => {}
+                    (false, true) => {
+                        return Err(NodeError::VolumeMissing {
+                            volume: volume.to_string(),
+                            path: source,
+                        });
+                    }
+                    (false, false) => findings.extend(volume_health::directory_missing(
+                        &source.display().to_string(),
+                    )),
+                }
+            }
+            Transport::Nfs { .. } if mounts.is_empty() => {
+                // Not mounted here (yet, or any more): whether it could be is whether
+                // the server answers.
+                if let Some(f) = self.server_finding().await {
+                    findings.push(f);
+                }
+            }
+            Transport::Nfs { .. } => {}
+        }
+        if !findings.is_empty() {
+            tracing::warn!(volume = %volume, ?findings, "volume not healthy on this node");
+        }
+        Ok(NodeGetVolumeHealthResponse {
+            volume_health: Some(VolumeHealth {
+                volume_id: volume_id.to_owned(),
+                health_statuses: volume_health::entries(findings),
+            }),
+        })
+    }
+
+    async fn static_volume_health(
+        &self,
+        volume_id: &str,
+        handle: &StaticHandle,
+        req: &NodeGetVolumeHealthRequest,
+    ) -> Result<NodeGetVolumeHealthResponse, NodeError> {
+        let mut mounts = Vec::new();
+        for path in [&req.volume_publish_path, &req.staging_target_path] {
+            if !path.is_empty()
+                && let Ok(canonical) = self
+                    .find_mount(Identity::AnyStatic(handle), None, path)
+                    .await
+            {
+                mounts.push(canonical);
+            }
+        }
+        let mut findings = self.probe_mounts(&mounts).await?;
+        if mounts.is_empty()
+            && let Some(f) = self.server_finding().await
+        {
+            findings.push(f);
+        }
+        Ok(NodeGetVolumeHealthResponse {
+            volume_health: Some(VolumeHealth {
+                volume_id: volume_id.to_owned(),
+                health_statuses: volume_health::entries(findings),
+            }),
+        })
+    }
+
+    /// A statfs of each mount in the helper, each bounded by the stats timeout.
+    async fn probe_mounts(&self, mounts: &[PathBuf]) -> Result<Vec<Finding>, NodeError> {
+        let timeout = self.config.stats_timeout;
+        let mut findings = Vec::new();
+        for mount in mounts {
+            if let Err(err) = self.helper.statfs(mount, timeout).await {
+                match volume_health::of_statfs_failure(&mount.display().to_string(), &err, timeout)
+                {
+                    Some(f) => findings.push(f),
+                    None => return Err(err.into()),
+                }
+            }
+        }
+        Ok(findings)
+    }
+
+    /// The storage as this node reaches it now: in local mode a statfs of the export
+    /// root (in the helper, bounded); over NFS a TCP connect to the server's NFS port,
+    /// bounded by the stats timeout. `None` when there is nothing to ask (NFS without
+    /// a default server: each volume names its own).
+    async fn probe_storage(&self) -> Option<StorageProbe> {
+        let timeout = self.config.stats_timeout;
+        match &self.config.transport {
+            Transport::Local { export_root } => {
+                let target = export_root.display().to_string();
+                Some(match self.helper.statfs(export_root, timeout).await {
+                    Ok(_) => StorageProbe::Reachable,
+                    Err(err) if err.is_timeout() => StorageProbe::TimedOut {
+                        target,
+                        after: timeout,
+                    },
+                    Err(err) => StorageProbe::Unreachable {
+                        target,
+                        detail: err.to_string(),
+                    },
+                })
+            }
+            Transport::Nfs {
+                default_server,
+                options,
+                ..
+            } => {
+                let server = default_server.as_deref()?;
+                let port = nfs_port(options);
+                let target = format!("{server}:{port}");
+                let connect = tokio::net::TcpStream::connect((server, port));
+                Some(match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok(_)) => StorageProbe::Reachable,
+                    Ok(Err(err)) => StorageProbe::Unreachable {
+                        target,
+                        detail: format!("no NFS connection: {err} (a failover may be in progress)"),
+                    },
+                    Err(_) => StorageProbe::TimedOut {
+                        target,
+                        after: timeout,
+                    },
+                })
+            }
+        }
+    }
+
+    /// The storage probe as a finding about one volume (INACCESSIBLE), if it failed.
+    async fn server_finding(&self) -> Option<Finding> {
+        let entry = volume_health::storage_entries(&self.probe_storage().await?, None)
+            .into_iter()
+            .next()?;
+        Some(Finding {
+            status: VolumeHealthErrorType::Inaccessible,
+            reason: "StorageUnreachable",
+            message: entry.message,
+        })
+    }
+
+    /// NodeGetStorageHealth (CSI v1.13): whether this node reaches the storage now
+    /// ([`Self::probe_storage`]: during a failover the VIP answers nobody, then the
+    /// new active does), and whether the volumes mounted here answer (one statfs of
+    /// one hanfs mount: they share one NFS client, so one hung is all hung).
+    async fn storage_health(&self) -> Result<NodeGetStorageHealthResponse, NodeError> {
+        let server = self
+            .probe_storage()
+            .await
+            .unwrap_or(StorageProbe::Reachable);
+        let table = read_mounts()?;
+        let sample = table
+            .iter()
+            .find(|m| match &self.config.transport {
+                // A hanfs volume (`<share>/volumes/<dir>`), not any NFS mount.
+                Transport::Nfs { .. } => {
+                    m.is_nfs()
+                        && mount_spec::nfs_source_path(&m.source)
+                            .is_some_and(|path| path.contains("/volumes/"))
+                }
+                // Bind mounts of a local directory: the export-root probe says it all.
+                Transport::Local { .. } => false,
+            })
+            .map(|m| m.mount_point.clone());
+        let mounts = match sample {
+            Some(mount) => self.probe_mounts(&[mount]).await?.into_iter().next(),
+            None => None,
+        };
+        let backend_health = volume_health::storage_entries(&server, mounts.as_ref());
+        if !backend_health.is_empty() {
+            tracing::warn!(?backend_health, "storage not healthy from this node");
+        }
+        Ok(NodeGetStorageHealthResponse { backend_health })
     }
 
     async fn expand(
@@ -661,6 +920,26 @@ impl NodeService {
             capacity_bytes: req.capacity_range.map(|r| r.required_bytes).unwrap_or(0),
         })
     }
+}
+
+/// Whether a mount's root is `root` after the directory was removed: mountinfo then
+/// shows `<root>//deleted` (older kernels: `<root> (deleted)`). Such a mount is still
+/// the volume's (NodeGetVolumeHealth reports exactly that case).
+fn is_deleted_form(mounted_root: &Path, root: &Path) -> bool {
+    ["//deleted", " (deleted)"].iter().any(|suffix| {
+        let mut deleted = root.as_os_str().to_owned();
+        deleted.push(suffix);
+        mounted_root.as_os_str() == deleted
+    })
+}
+
+/// The NFS server's port: `port=` of the node's NFS options, else 2049.
+fn nfs_port(options: &[String]) -> u16 {
+    options
+        .iter()
+        .find_map(|o| o.strip_prefix("port=")?.parse().ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(2049)
 }
 
 /// The canonical path of `path` if it is an existing directory.
@@ -766,6 +1045,20 @@ impl Node for NodeService {
         reply(self.expand(request.into_inner()).await)
     }
 
+    async fn node_get_volume_health(
+        &self,
+        request: Request<NodeGetVolumeHealthRequest>,
+    ) -> Result<Response<NodeGetVolumeHealthResponse>, Status> {
+        reply(self.volume_health(request.into_inner()).await)
+    }
+
+    async fn node_get_storage_health(
+        &self,
+        _: Request<NodeGetStorageHealthRequest>,
+    ) -> Result<Response<NodeGetStorageHealthResponse>, Status> {
+        reply(self.storage_health().await)
+    }
+
     async fn node_get_capabilities(
         &self,
         _: Request<NodeGetCapabilitiesRequest>,
@@ -775,9 +1068,10 @@ impl Node for NodeService {
         let capabilities = [
             rpc::Type::StageUnstageVolume,
             rpc::Type::GetVolumeStats,
-            rpc::Type::VolumeCondition,
             rpc::Type::SingleNodeMultiWriter,
             rpc::Type::ExpandVolume,
+            rpc::Type::GetVolumeHealth,
+            rpc::Type::GetStorageHealth,
         ]
         .into_iter()
         .map(capability)

@@ -209,7 +209,7 @@ async fn publish_write_stats_unpublish() {
         .find(|u| u.unit == volume_usage::Unit::Inodes as i32)
         .unwrap();
     assert!(inodes.total > 0, "{inodes:?}");
-    assert!(!stats.volume_condition.unwrap().abnormal);
+    assert!(!stats.usage.is_empty());
 
     let mut expand = NodeExpandVolumeRequest {
         volume_id: id.clone(),
@@ -538,7 +538,6 @@ async fn identity_and_node_info() {
     use node_service_capability::rpc::Type;
     for want in [
         Type::GetVolumeStats,
-        Type::VolumeCondition,
         Type::SingleNodeMultiWriter,
         Type::ExpandVolume,
     ] {
@@ -600,7 +599,7 @@ async fn a_hung_mount_is_killed_reported_and_leaves_no_target() {
 }
 
 #[tokio::test]
-async fn a_hung_statfs_is_an_abnormal_condition_not_an_error() {
+async fn a_hung_statfs_is_a_bounded_error_in_stats() {
     let mut f = Fixture::with(|root, config| {
         config.helper_binary = hanging_helper(root, "statfs");
         config.stats_timeout = Duration::from_millis(300);
@@ -610,16 +609,16 @@ async fn a_hung_statfs_is_an_abnormal_condition_not_an_error() {
     let target = f.target("pod-a");
     f.publish(&id, &target, false).await.unwrap();
     let started = std::time::Instant::now();
-    let stats = f.stats(&id, &target.to_string_lossy()).await.unwrap();
+    let msg = assert_code(
+        f.stats(&id, &target.to_string_lossy()).await,
+        Code::DeadlineExceeded,
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
-    let condition = stats.volume_condition.unwrap();
-    assert!(condition.abnormal);
-    assert_eq!(condition.message, "NFS server not responding within 300ms");
-    assert!(stats.usage.is_empty());
+    assert!(msg.contains("killed") || msg.contains("300ms"), "{msg}");
     f.unpublish(&id, &target).await.unwrap();
 }
 
@@ -669,7 +668,7 @@ async fn stage_then_publish_per_pod_then_unstage() {
     let err = std::fs::write(pod_b.join("x"), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     let stats = f.stats(&id, &pod_b.to_string_lossy()).await.unwrap();
-    assert!(!stats.volume_condition.unwrap().abnormal);
+    assert!(!stats.usage.is_empty());
 
     // Another volume cannot be staged where this one is.
     let other = f.volume("pvc-other");
@@ -812,4 +811,258 @@ fn nfs_origin_compares_server_and_export_of_a_real_mount() {
         other_export.contains("/srv/volumes/pvc-1"),
         "{other_export}"
     );
+}
+
+impl Fixture {
+    async fn volume_health(
+        &mut self,
+        id: &str,
+        publish_path: &str,
+    ) -> Result<Vec<(VolumeHealthErrorType, String)>, tonic::Status> {
+        let req = NodeGetVolumeHealthRequest {
+            volume_id: id.into(),
+            volume_publish_path: publish_path.into(),
+            staging_target_path: String::new(),
+        };
+        let health = self
+            .node
+            .node_get_volume_health(req)
+            .await?
+            .into_inner()
+            .volume_health
+            .unwrap();
+        assert_eq!(health.volume_id, id);
+        Ok(health
+            .health_statuses
+            .iter()
+            .map(|e| (e.status(), e.reason.clone()))
+            .collect())
+    }
+
+    async fn storage_health(&mut self) -> Vec<(StorageHealthErrorType, String, String)> {
+        self.node
+            .node_get_storage_health(NodeGetStorageHealthRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .backend_health
+            .into_iter()
+            .map(|b| (b.status(), b.reason.clone(), b.message.clone()))
+            .collect()
+    }
+}
+
+/// NodeGetVolumeHealth on real bind mounts: healthy while published; the directory
+/// removed from the export behind the driver's back is INACCESSIBLE + DATA_LOSS while
+/// the mount lingers; with neither mount nor directory the volume is NOT_FOUND.
+#[tokio::test]
+async fn volume_health_sees_a_directory_removed_behind_the_drivers_back() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-h");
+    let target = f.target("pod-h");
+    f.publish(&id, &target, false).await.unwrap();
+    let path = target.to_string_lossy().into_owned();
+    assert_eq!(f.volume_health(&id, &path).await.unwrap(), []);
+    // Without paths the node finds the mounts itself (csi-sanity calls it that way).
+    assert_eq!(f.volume_health(&id, "").await.unwrap(), []);
+
+    std::fs::remove_dir_all(f.volume_dir("pvc-h")).unwrap();
+    let found = f.volume_health(&id, &path).await.unwrap();
+    assert_eq!(
+        found,
+        [
+            (
+                VolumeHealthErrorType::Inaccessible,
+                "VolumeDirectoryMissing".to_string()
+            ),
+            (
+                VolumeHealthErrorType::DataLoss,
+                "VolumeDirectoryMissing".to_string()
+            )
+        ]
+    );
+    assert_eq!(f.volume_health(&id, "").await.unwrap(), found);
+    f.unpublish(&id, &target).await.unwrap();
+    assert_code(f.volume_health(&id, "").await, Code::NotFound);
+    assert_code(f.volume_health("", "").await, Code::InvalidArgument);
+    assert_code(
+        f.volume_health("v1/other-cluster/pvc-h", "").await,
+        Code::NotFound,
+    );
+}
+
+/// A mount whose statfs hangs (a dead NFS server) is INACCESSIBLE / NotResponding,
+/// answered within the stats timeout, not after the hang.
+#[tokio::test]
+async fn volume_health_of_a_hung_mount_is_bounded() {
+    let mut f = Fixture::with(|root, config| {
+        config.helper_binary = hanging_helper(root, "statfs");
+        config.stats_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let id = f.volume("pvc-1");
+    let target = f.target("pod-a");
+    f.publish(&id, &target, false).await.unwrap();
+    let started = std::time::Instant::now();
+    let found = f
+        .volume_health(&id, &target.to_string_lossy())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        found,
+        [(
+            VolumeHealthErrorType::Inaccessible,
+            "NotResponding".to_string()
+        )]
+    );
+    // The storage probe statfs's the export root in the same helper: bounded too.
+    let started = std::time::Instant::now();
+    let storage = f.storage_health().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(storage.len(), 1, "{storage:?}");
+    assert_eq!(storage[0].0, StorageHealthErrorType::StorageUnreachable);
+    assert_eq!(storage[0].1, "StorageNotResponding");
+    f.unpublish(&id, &target).await.unwrap();
+}
+
+/// Local mode: the storage is the export directory; gone, it is STORAGE_UNREACHABLE.
+#[tokio::test]
+async fn storage_health_follows_the_export() {
+    let mut f = Fixture::new().await;
+    assert_eq!(f.storage_health().await, []);
+    std::fs::rename(f.root.join("export"), f.root.join("export.away")).unwrap();
+    let down = f.storage_health().await;
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].0, StorageHealthErrorType::StorageUnreachable);
+    assert!(down[0].2.contains("export"), "{}", down[0].2);
+    std::fs::rename(f.root.join("export.away"), f.root.join("export")).unwrap();
+    assert_eq!(f.storage_health().await, []);
+}
+
+/// NFS transport: NodeGetStorageHealth connects to the server's NFS port. A real TCP
+/// listener on loopback stands for the server: up, then gone (as during a failover,
+/// when nobody holds the VIP), then back.
+#[tokio::test]
+async fn storage_health_over_nfs_follows_the_server() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut f = Fixture::with(|_, config| {
+        config.transport = Transport::Nfs {
+            default_server: Some("127.0.0.1".into()),
+            default_share: "/export".into(),
+            options: vec!["vers=4.2".into(), format!("port={port}")],
+        };
+        config.stats_timeout = Duration::from_secs(2);
+    })
+    .await;
+    assert_eq!(f.storage_health().await, []);
+    drop(listener);
+    let started = std::time::Instant::now();
+    let down = f.storage_health().await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert_eq!(down[0].0, StorageHealthErrorType::StorageUnreachable);
+    assert!(
+        down[0].2.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        down[0].2
+    );
+    // A volume not mounted here is as reachable as its server.
+    let health = f.volume_health("v1/test/pvc-x", "").await.unwrap();
+    assert_eq!(
+        health,
+        [(
+            VolumeHealthErrorType::Inaccessible,
+            "StorageUnreachable".to_string()
+        )]
+    );
+    let _back = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    assert_eq!(f.storage_health().await, []);
+    assert_eq!(f.volume_health("v1/test/pvc-x", "").await.unwrap(), []);
+}
+
+/// Access modes on the node (CSI AccessMode; csi-sanity v5.6.0 checks RWOP): a
+/// SINGLE_NODE_SINGLE_WRITER volume refuses a second target, read-only or not;
+/// SINGLE_NODE_WRITER refuses a second read-write target but lets readers join;
+/// SINGLE_NODE_MULTI_WRITER (Kubernetes RWO) allows many. Refusals are
+/// FAILED_PRECONDITION and leave nothing mounted.
+#[tokio::test]
+async fn access_modes_are_enforced_per_target() {
+    let mut f = Fixture::new().await;
+    let request = |id: &str, target: &Path, mode: access_mode::Mode, readonly: bool| {
+        NodePublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.to_string_lossy().into_owned(),
+            volume_capability: Some(VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+                access_mode: Some(AccessMode { mode: mode as i32 }),
+            }),
+            readonly,
+            ..Default::default()
+        }
+    };
+    use access_mode::Mode;
+    let rwop = f.volume("pvc-rwop");
+    let (a, b) = (f.target("rwop-a"), f.target("rwop-b"));
+    f.node
+        .node_publish_volume(request(&rwop, &a, Mode::SingleNodeSingleWriter, false))
+        .await
+        .unwrap();
+    f.node
+        .node_publish_volume(request(&rwop, &a, Mode::SingleNodeSingleWriter, false))
+        .await
+        .expect("the same target again is idempotent");
+    for readonly in [false, true] {
+        let msg = assert_code(
+            f.node
+                .node_publish_volume(request(&rwop, &b, Mode::SingleNodeSingleWriter, readonly))
+                .await,
+            Code::FailedPrecondition,
+        );
+        assert!(msg.contains(&*a.to_string_lossy()), "{msg}");
+        assert_eq!(f.mounts_at(&b), 0);
+    }
+    f.unpublish(&rwop, &a).await.unwrap();
+    f.node
+        .node_publish_volume(request(&rwop, &b, Mode::SingleNodeSingleWriter, false))
+        .await
+        .expect("free again once the first target is gone");
+    f.unpublish(&rwop, &b).await.unwrap();
+
+    let rwo = f.volume("pvc-snw");
+    let (w, r, w2) = (f.target("snw-w"), f.target("snw-r"), f.target("snw-w2"));
+    f.node
+        .node_publish_volume(request(&rwo, &w, Mode::SingleNodeWriter, false))
+        .await
+        .unwrap();
+    f.node
+        .node_publish_volume(request(&rwo, &r, Mode::SingleNodeWriter, true))
+        .await
+        .expect("a reader may join the one writer");
+    assert_code(
+        f.node
+            .node_publish_volume(request(&rwo, &w2, Mode::SingleNodeWriter, false))
+            .await,
+        Code::FailedPrecondition,
+    );
+    for t in [&w, &r] {
+        f.unpublish(&rwo, t).await.unwrap();
+    }
+
+    let shared = f.volume("pvc-multi");
+    let targets = [f.target("multi-1"), f.target("multi-2")];
+    for t in &targets {
+        f.node
+            .node_publish_volume(request(&shared, t, Mode::SingleNodeMultiWriter, false))
+            .await
+            .unwrap();
+    }
+    for t in &targets {
+        f.unpublish(&shared, t).await.unwrap();
+    }
 }
