@@ -1066,3 +1066,46 @@ async fn access_modes_are_enforced_per_target() {
         f.unpublish(&shared, t).await.unwrap();
     }
 }
+
+/// SELinux `context=` (kubelet adds it with CSIDriver seLinuxMount): this host has no
+/// SELinux, so the label cannot be shown on a mount here; what is checked for real is
+/// that a bind mount (local transport) accepts the quoted option with MCS commas and
+/// mounts (a bind mount cannot relabel its source's superblock: the option is reported
+/// ignored, see mount_spec's unit test for the NFS mount data it lands in), and that a
+/// malformed one is refused before anything is mounted.
+#[tokio::test]
+async fn selinux_context_option_is_accepted_on_binds_and_malformed_ones_refused() {
+    let mut f = Fixture::new().await;
+    let id = f.volume("pvc-se");
+    let with_flags = |target: &Path, flag: &str| NodePublishVolumeRequest {
+        volume_capability: Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume {
+                mount_flags: vec![flag.into()],
+                ..Default::default()
+            })),
+            access_mode: Some(AccessMode {
+                mode: access_mode::Mode::SingleNodeMultiWriter as i32,
+            }),
+        }),
+        ..publish_request(&id, &target.to_string_lossy(), false)
+    };
+    let ok = f.target("se-ok");
+    f.node
+        .node_publish_volume(with_flags(
+            &ok,
+            r#"context="system_u:object_r:container_file_t:s0:c12,c345""#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(f.mounts_at(&ok), 1);
+    let bad = f.target("se-bad");
+    let msg = assert_code(
+        f.node
+            .node_publish_volume(with_flags(&bad, r#"context="system_u:object_r:t:s0:c1,c2"#))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("SELinux"), "{msg}");
+    assert_eq!(f.mounts_at(&bad), 0);
+    f.unpublish(&id, &ok).await.unwrap();
+}
