@@ -975,12 +975,12 @@ fn flow_static(c: &Cluster) -> Outcome {
     c.hanfs
         .ctl(&["--node", &node, "unpublish", &pv_handle, &target_arg])?;
     let stats = stats?;
-    if !stats.contains("condition: normal") {
+    if !stats.contains("health: normal") {
         return Err(format!("stats of {pv_handle} at {target_arg}: {stats}"));
     }
     match seen {
         Ok(text) if text == "data from before hanfs\n" => Ok(format!(
-            "PVC legacy Bound to legacy-pv ({pv_handle}, context {}); published at {}, adopted.txt visible, stats normal",
+            "PVC legacy Bound to legacy-pv ({pv_handle}, context {}); published at {}, adopted.txt visible, health normal",
             context.join(" "),
             target.display()
         )),
