@@ -33,3 +33,8 @@ pub mod backend {
 }
 
 pub mod redact;
+
+/// The compiled descriptors of every file above (CSI, plugin registration, backend), as
+/// build.rs encoded them: tests walk them to generate requests for every RPC and field.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
