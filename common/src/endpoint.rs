@@ -102,7 +102,7 @@ impl Listener {
                     std::fs::create_dir_all(parent).map_err(bind_err)?;
                 }
                 Ok(Listener::Unix(
-                    UnixListener::bind(path).map_err(bind_err)?,
+                    bind_private(path).map_err(bind_err)?,
                     path.clone(),
                 ))
             }
@@ -124,6 +124,41 @@ impl Listener {
             ),
         }
     }
+}
+
+/// Binds a unix socket that is mode 0600 from the moment it appears at `path`.
+///
+/// bind(2) creates the socket file with the process umask (often 0755/0775: anyone may
+/// connect, and a CSI socket lets its caller mount any volume), and tokio binds and
+/// listens in one call, so there is no moment to chmod before it is reachable. Changing
+/// the umask would race every other thread creating files. So the socket is bound in a
+/// fresh 0700 directory next to `path` (same filesystem), chmod'ed there, where nobody
+/// else can reach it, and renamed into place: a connect by path follows the inode.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // Short: the staged path must fit a socket address (108 bytes) wherever the final
+    // one does, give or take a few bytes.
+    let mut random = uuid::Uuid::new_v4().simple().to_string();
+    random.truncate(8);
+    let staging = parent.join(format!(".{random}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let staged = staging.join("s");
+    let bound = (|| {
+        let listener = std::os::unix::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(listener)?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    // Empty after the rename; on failure it holds at most the staged socket.
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&staging);
+    bound
 }
 
 /// A socket left by a previous run is removed; anything else at that path is not ours.
@@ -169,29 +204,39 @@ pub async fn serve(
 /// Dials `endpoint` lazily: the first call connects, and a lost connection is
 /// re-established on the next call (the VIP may have moved to the other server).
 pub fn connect_lazy(endpoint: &Endpoint) -> Result<Channel, EndpointError> {
+    connect_lazy_with(endpoint, Ok)
+}
+
+/// [`connect_lazy`] with the channel's settings (keepalives, timeouts, ...) adjusted by
+/// `configure` first; the 5 s connect timeout is preset and may be overridden.
+pub fn connect_lazy_with(
+    endpoint: &Endpoint,
+    configure: impl FnOnce(TonicEndpoint) -> Result<TonicEndpoint, tonic::transport::Error>,
+) -> Result<Channel, EndpointError> {
     let err = |source| EndpointError::Connect {
         endpoint: endpoint.to_string(),
         source,
     };
     match endpoint {
-        Endpoint::Tcp(addr) => Ok(TonicEndpoint::from_shared(format!("http://{addr}"))
-            .map_err(err)?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy()),
+        Endpoint::Tcp(addr) => Ok(configure(
+            TonicEndpoint::from_shared(format!("http://{addr}"))
+                .map_err(err)?
+                .connect_timeout(std::time::Duration::from_secs(5)),
+        )
+        .map_err(err)?
+        .connect_lazy()),
         Endpoint::Unix(path) => {
             let path = path.clone();
             // The URI is ignored by the connector; tonic needs a syntactically valid one.
-            Ok(
-                TonicEndpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
-                    tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                        }
-                    }),
-                ),
-            )
+            Ok(configure(TonicEndpoint::from_static("http://[::]:50051"))
+                .map_err(err)?
+                .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                })))
         }
     }
 }

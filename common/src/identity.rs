@@ -58,6 +58,14 @@ impl Identity for IdentityService {
                     },
                 )),
             },
+            // Group snapshots (hanfs-controller's GroupController service).
+            PluginCapability {
+                r#type: Some(plugin_capability::Type::Service(
+                    plugin_capability::Service {
+                        r#type: service::Type::GroupControllerService as i32,
+                    },
+                )),
+            },
             PluginCapability {
                 r#type: Some(plugin_capability::Type::VolumeExpansion(
                     plugin_capability::VolumeExpansion {

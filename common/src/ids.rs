@@ -171,8 +171,10 @@ pub struct SnapshotId {
     pub name: SnapshotName,
 }
 
-/// Splits `<version>/<cluster>/<name>` and checks version and cluster.
-fn split_id<'a>(
+/// Splits `<version>/<cluster>/<name>` and checks length, version and cluster: every
+/// hanfs id (volume, snapshot, group snapshot) is parsed through here, so they all
+/// refuse the same things with the same errors.
+pub fn split_id<'a>(
     what: &'static str,
     expected: &'static str,
     version: &str,
