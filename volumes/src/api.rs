@@ -4,12 +4,14 @@
 //!
 //! When an auth token is configured every call must carry `authorization: Bearer <token>`.
 
+use crate::exports::{ExportControl, ExportTable, Publication};
 use crate::meta::{CopyMethod, OnDelete, Source};
 use crate::store::{
-    CapacityInfo, CapacityPolicy, CreateVolume, DeleteOutcome, SnapshotInfo, SourceRef, VolumeInfo,
+    CapacityInfo, CapacityPolicy, CreateVolume, DeleteOutcome, GroupInfo, SnapshotInfo, SourceRef,
+    VolumeInfo,
 };
 use crate::{VolumeError, VolumeStore};
-use common::ids::{IdError, SnapshotName, VolumeDir};
+use common::ids::{IdError, RequestName, SnapshotName, VolumeDir};
 use proto::backend::v1 as pb;
 use proto::backend::v1::volumes_server::{Volumes, VolumesServer};
 use std::sync::Arc;
@@ -34,6 +36,10 @@ pub struct StoreSlot {
     /// How many guards are out. Taken under the read lock of `store`, so a close (which
     /// takes the write lock) sees every call that found the store open.
     in_flight: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Who may be admitted and where export tables go; records only unless set. Lives
+    /// as long as the slot, across store openings: the agent's export step and the
+    /// publish calls share its lock.
+    exports: std::sync::RwLock<Arc<ExportControl>>,
 }
 
 impl Default for StoreSlot {
@@ -41,6 +47,7 @@ impl Default for StoreSlot {
         Self {
             store: std::sync::RwLock::new(None),
             in_flight: Arc::new(tokio::sync::watch::Sender::new(0)),
+            exports: std::sync::RwLock::new(Arc::new(ExportControl::records_only())),
         }
     }
 }
@@ -107,6 +114,25 @@ impl StoreSlot {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+
+    /// Sets the publish policy and export sink (before serving).
+    pub fn set_exports(&self, control: ExportControl) {
+        *self.exports.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(control);
+    }
+
+    pub fn exports(&self) -> Arc<ExportControl> {
+        self.exports
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Derives the export table from the open store's records and applies it (the
+    /// agent's export step on takeover; every publish and unpublish).
+    pub async fn apply_exports(&self) -> Result<ExportTable, Status> {
+        let store = self.get()?;
+        self.exports().resync(store).await.map_err(to_status)
     }
 
     /// Calls holding the store now.
@@ -196,12 +222,28 @@ fn to_status(error: VolumeError) -> Status {
         VolumeError::OutOfRange(m) => Status::out_of_range(m.clone()),
         VolumeError::ResourceExhausted(m) => Status::resource_exhausted(m.clone()),
         VolumeError::Busy(m) => Status::aborted(m.clone()),
+        VolumeError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+        VolumeError::Unsettled(m) => Status::aborted(m.clone()),
         VolumeError::BadToken(_) => Status::aborted(error.to_string()),
         VolumeError::Io { .. } => {
             tracing::error!(error = %error, "filesystem operation failed");
             Status::internal(error.to_string())
         }
     }
+}
+
+/// A node id is a record key only (the address travels on its own), but it is bounded.
+fn checked_node_id(node_id: &str) -> Result<String, Status> {
+    if node_id.is_empty() {
+        return Err(Status::invalid_argument("node_id is required"));
+    }
+    if node_id.len() > common::node_id::MAX_NODE_ID_LEN || node_id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "node_id must be at most {} bytes without control characters",
+            common::node_id::MAX_NODE_ID_LEN
+        )));
+    }
+    Ok(node_id.to_owned())
 }
 
 fn bad_name(error: IdError) -> Status {
@@ -301,6 +343,17 @@ fn snapshot_to_pb(info: SnapshotInfo) -> pb::Snapshot {
         created: Some(timestamp(info.meta.created_unix_nanos)),
         copy_method: copy_method_to_pb(info.meta.copy_method) as i32,
         request_name: info.meta.request_name,
+        group: info.meta.group.unwrap_or_default(),
+    }
+}
+
+fn group_to_pb(info: GroupInfo) -> pb::GroupSnapshot {
+    pb::GroupSnapshot {
+        name: info.name.to_string(),
+        request_name: info.meta.request_name,
+        members: info.snapshots.into_iter().map(snapshot_to_pb).collect(),
+        created: Some(timestamp(info.meta.created_unix_nanos)),
+        attempts: info.meta.attempts,
     }
 }
 
@@ -350,9 +403,9 @@ impl Volumes for VolumeApi {
     ) -> Result<Response<pb::Volume>, Status> {
         let r = request.into_inner();
         let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
-        if r.request_name.is_empty() {
-            return Err(Status::invalid_argument("request_name is required"));
-        }
+        // Kept in the record and shown by list calls: held to the CSI name rules the
+        // controller already applies, so a caller with the token cannot store 4 MiB.
+        RequestName::parse(&r.request_name).map_err(bad_name)?;
         if r.mode & !0o7777 != 0 {
             return Err(Status::invalid_argument(format!(
                 "mode {:o} has bits beyond 7777",
@@ -389,6 +442,18 @@ impl Volumes for VolumeApi {
         let dir = VolumeDir::parse(&request.into_inner().dir).map_err(bad_name)?;
         let store = self.slot.get()?;
         let outcome = blocking("DeleteVolume", move || store.delete_volume(&dir)).await?;
+        // A volume deleted while published leaves the table (CSI COs unpublish first, so
+        // this is normally a no-op apply).
+        // The volume is gone either way: a failed apply is logged (the next publish,
+        // unpublish or takeover applies the table again), not turned into an error.
+        if outcome != DeleteOutcome::Absent
+            && let Err(status) = self.slot.apply_exports().await
+        {
+            tracing::warn!(
+                error = status.message(),
+                "volume deleted, but the export table was not re-applied"
+            );
+        }
         let (applied, kept_at) = match outcome {
             DeleteOutcome::Absent => (pb::OnDelete::Unspecified, String::new()),
             DeleteOutcome::Deleted => (pb::OnDelete::Delete, String::new()),
@@ -462,9 +527,9 @@ impl Volumes for VolumeApi {
         let r = request.into_inner();
         let name = SnapshotName::parse(&r.name).map_err(bad_name)?;
         let source = VolumeDir::parse(&r.source_volume).map_err(bad_name)?;
-        if r.request_name.is_empty() {
-            return Err(Status::invalid_argument("request_name is required"));
-        }
+        // Kept in the record and shown by list calls: held to the CSI name rules the
+        // controller already applies, so a caller with the token cannot store 4 MiB.
+        RequestName::parse(&r.request_name).map_err(bad_name)?;
         let store = self.slot.get()?;
         let info = blocking("CreateSnapshot", move || {
             store.create_snapshot(&name, &r.request_name, &source)
@@ -574,5 +639,99 @@ impl Volumes for VolumeApi {
                 .collect(),
             next_token: next.unwrap_or_default(),
         }))
+    }
+    async fn publish_volume(
+        &self,
+        request: Request<pb::PublishVolumeRequest>,
+    ) -> Result<Response<pb::PublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
+        let node_id = checked_node_id(&r.node_id)?;
+        let address: std::net::IpAddr = r.address.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "address {:?} is not an IPv4 or IPv6 address",
+                r.address
+            ))
+        })?;
+        self.slot.exports().admits(address).map_err(to_status)?;
+        let wanted = Publication {
+            address,
+            readonly: r.readonly,
+            single_node: r.single_node,
+        };
+        let store = self.slot.get()?;
+        blocking("PublishVolume", move || {
+            store.publish(&dir, &node_id, wanted)
+        })
+        .await?;
+        // Also after a repeat: the apply that followed the first attempt may have failed.
+        self.slot.apply_exports().await?;
+        Ok(Response::new(pb::PublishVolumeResponse {}))
+    }
+
+    async fn unpublish_volume(
+        &self,
+        request: Request<pb::UnpublishVolumeRequest>,
+    ) -> Result<Response<pb::UnpublishVolumeResponse>, Status> {
+        let r = request.into_inner();
+        let dir = VolumeDir::parse(&r.dir).map_err(bad_name)?;
+        let node_id = if r.node_id.is_empty() {
+            None
+        } else {
+            Some(checked_node_id(&r.node_id)?)
+        };
+        let store = self.slot.get()?;
+        blocking("UnpublishVolume", move || {
+            store.unpublish(&dir, node_id.as_deref())
+        })
+        .await?;
+        // Also when nothing was removed: a retry after a failed apply must converge.
+        self.slot.apply_exports().await?;
+        Ok(Response::new(pb::UnpublishVolumeResponse {}))
+    }
+
+    async fn create_group_snapshot(
+        &self,
+        request: Request<pb::CreateGroupSnapshotRequest>,
+    ) -> Result<Response<pb::GroupSnapshot>, Status> {
+        let r = request.into_inner();
+        let name = SnapshotName::parse(&r.name).map_err(bad_name)?;
+        // Kept in the record and shown by list calls: held to the CSI name rules the
+        // controller already applies, so a caller with the token cannot store 4 MiB.
+        RequestName::parse(&r.request_name).map_err(bad_name)?;
+        let sources = r
+            .source_volumes
+            .iter()
+            .map(|d| VolumeDir::parse(d).map_err(bad_name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.slot.get()?;
+        let info = blocking("CreateGroupSnapshot", move || {
+            store.create_group_snapshot(&name, &r.request_name, &sources)
+        })
+        .await?;
+        Ok(Response::new(group_to_pb(info)))
+    }
+
+    async fn delete_group_snapshot(
+        &self,
+        request: Request<pb::DeleteGroupSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteGroupSnapshotResponse>, Status> {
+        let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
+        let store = self.slot.get()?;
+        let existed = blocking("DeleteGroupSnapshot", move || {
+            store.delete_group_snapshot(&name)
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteGroupSnapshotResponse { existed }))
+    }
+
+    async fn get_group_snapshot(
+        &self,
+        request: Request<pb::GetGroupSnapshotRequest>,
+    ) -> Result<Response<pb::GroupSnapshot>, Status> {
+        let name = SnapshotName::parse(&request.into_inner().name).map_err(bad_name)?;
+        let store = self.slot.get()?;
+        let info = blocking("GetGroupSnapshot", move || store.get_group_snapshot(&name)).await?;
+        Ok(Response::new(group_to_pb(info)))
     }
 }

@@ -23,6 +23,14 @@ pub enum VolumeError {
     /// Another call on the same name is in progress.
     #[error("{0}")]
     Busy(String),
+    /// The request is valid but the state does not allow it (e.g. deleting one member
+    /// of a group snapshot on its own).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A group snapshot could not be cut consistently because its members kept
+    /// changing; retrying later may succeed.
+    #[error("{0}")]
+    Unsettled(String),
     /// A pagination token this server did not hand out.
     #[error("invalid starting token {0:?}")]
     BadToken(String),

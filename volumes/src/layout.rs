@@ -7,6 +7,7 @@
 //! <root>/archived/<dir>-<time>  volumes deleted with onDelete=archive
 //! <root>/.hanfs/meta/volumes/<dir>.json      per-volume record
 //! <root>/.hanfs/meta/snapshots/<name>.json   per-snapshot record
+//! <root>/.hanfs/meta/groups/<name>.json      per-group-snapshot record
 //! <root>/.hanfs/tmp/            creations in progress (swept at start)
 //! <root>/.hanfs/trash/          deletions in progress (swept at start and on delete)
 //! <root>/.hanfs/next-project-id the next project quota id to hand out
@@ -42,6 +43,7 @@ impl Layout {
             layout.archived_dir(),
             layout.volume_meta_dir(),
             layout.snapshot_meta_dir(),
+            layout.group_meta_dir(),
             layout.tmp_dir(),
             layout.trash_dir(),
         ] {
@@ -74,6 +76,9 @@ impl Layout {
     pub fn snapshot_meta_dir(&self) -> PathBuf {
         self.state_dir().join("meta/snapshots")
     }
+    pub fn group_meta_dir(&self) -> PathBuf {
+        self.state_dir().join("meta/groups")
+    }
     pub fn tmp_dir(&self) -> PathBuf {
         self.state_dir().join("tmp")
     }
@@ -95,6 +100,10 @@ impl Layout {
     }
     pub fn snapshot_meta(&self, name: &SnapshotName) -> PathBuf {
         self.snapshot_meta_dir().join(format!("{name}.json"))
+    }
+    /// A group snapshot's record: the group exists exactly while this file does.
+    pub fn group_meta(&self, name: &SnapshotName) -> PathBuf {
+        self.group_meta_dir().join(format!("{name}.json"))
     }
 
     /// A fresh scratch path in `.hanfs/tmp/` for building `label` before it is
@@ -120,6 +129,9 @@ impl Layout {
         }
         removed += remove_orphan_records(&self.volume_meta_dir(), &self.volumes_dir())?;
         removed += remove_orphan_records(&self.snapshot_meta_dir(), &self.snapshots_dir())?;
+        // The project-id counter is written through a temp file next to it; a crash
+        // inside that write left it here (found by hanfsctl/tests/kill_points.rs).
+        removed += remove_write_leftovers(&self.state_dir())?;
         Ok(removed)
     }
 
@@ -164,6 +176,24 @@ pub fn remove_any(path: &Path) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Temp files of interrupted atomic writes (`<name>.json.tmp-<id>`, see `meta::write`)
+/// directly in `dir`.
+fn remove_write_leftovers(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(VolumeError::io("listing", dir))? {
+        let entry = entry.map_err(VolumeError::io("listing", dir))?;
+        let leftover = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.contains(".json.tmp-"));
+        if leftover && entry.file_type().is_ok_and(|t| t.is_file()) {
+            remove_any(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn remove_orphan_records(records: &Path, items: &Path) -> Result<usize> {

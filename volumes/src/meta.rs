@@ -53,6 +53,11 @@ pub struct SnapshotMeta {
     pub size_bytes: i64,
     pub copy_method: CopyMethod,
     pub created_unix_nanos: i128,
+    /// The group snapshot this one is a member of. A member exists only while its
+    /// group's record does (that record is written last), so a crashed group creation
+    /// leaves no member visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 pub fn now_unix_nanos() -> i128 {
@@ -75,13 +80,17 @@ pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
             });
         }
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| VolumeError::Io {
-            context: "parsing record",
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })
+    decode(&bytes).map(Some).map_err(|e| VolumeError::Io {
+        context: "parsing record",
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// Decodes a record's bytes (what [`read`] does after reading the file); public so the
+/// fuzz target can feed it bytes a torn or tampered disk could hold.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> serde_json::Result<T> {
+    serde_json::from_slice(bytes)
 }
 
 /// Writes a record atomically: a temp file, fsync, rename, fsync of the directory.

@@ -12,9 +12,17 @@ use super::locks::{Access, LockGuard, NameLocks};
 use super::meta::{self, CopyMethod, OnDelete, SnapshotMeta, Source, VolumeMeta};
 use super::quota::{self, QuotaSupport};
 use common::ids::{SnapshotName, VolumeDir};
+use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+pub mod group;
+pub use group::{GroupInfo, GroupMeta};
+
+mod publish;
+pub mod sweep;
+use sweep::VOLUME_LABEL;
 
 /// Largest size we accept: far beyond any filesystem, far below i64 overflow.
 pub const MAX_VOLUME_BYTES: i64 = 1 << 60;
@@ -93,6 +101,18 @@ pub struct CapacityInfo {
     pub policy: CapacityPolicy,
 }
 
+/// What [`VolumeStore::open`]'s sweep of interrupted calls found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Leftover directories, records and temp files removed.
+    pub removed: usize,
+    /// Projects of volumes an interrupted create or delete left behind (their limits
+    /// must not outlive them), ascending.
+    pub orphan_projects: Vec<u32>,
+    /// The ones whose quota limit was zeroed (empty where quotas are not enforced).
+    pub cleared_limits: Vec<u32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct StatusInfo {
     pub export_root: PathBuf,
@@ -111,9 +131,33 @@ pub struct VolumeStore {
     quota: QuotaSupport,
     reflink: bool,
     locks: NameLocks,
-    /// Serialises capacity decisions and project-id allocation; holds the bytes of
-    /// creations and expansions that passed the capacity check but are not on disk yet.
-    accounting: Mutex<i64>,
+    /// Serialises capacity decisions and project-id allocation, and keeps the promised
+    /// total in memory so that a decision reads no records (see [`Accounting`]).
+    accounting: Mutex<Accounting>,
+    /// What the sweep at open found and did.
+    swept: SweepReport,
+}
+
+/// The bytes promised to volumes, kept under [`VolumeStore::accounting`].
+#[derive(Debug, Default)]
+struct Accounting {
+    /// The capacity of every volume in `volumes/` with a readable record
+    /// ([`counted_bytes`]): summed from the records at open, which is what makes it
+    /// right after a crash, then moved by each create, expand and delete, each while it
+    /// holds its volume's exclusive lock. A record edited behind hanfs's back counts
+    /// from the next open. Wider than a size: thin-provisioned sizes (each up to
+    /// [`MAX_VOLUME_BYTES`]) can sum past `i64`, and sums must stay exact to be undone.
+    recorded: i128,
+    /// Bytes of creations and expansions that passed the capacity check but are not
+    /// recorded on disk yet.
+    pending: i128,
+}
+
+impl Accounting {
+    /// Recorded and pending bytes, saturated at `i64::MAX` for reporting.
+    fn promised(&self) -> i64 {
+        i64::try_from(self.recorded + self.pending).unwrap_or(i64::MAX)
+    }
 }
 
 impl VolumeStore {
@@ -121,11 +165,21 @@ impl VolumeStore {
     /// interrupted calls, and detects quota and reflink support.
     pub fn open(config: StoreConfig) -> Result<Self> {
         let layout = Layout::open(&config.root)?;
-        let swept = layout.sweep()?;
-        if swept > 0 {
-            tracing::warn!(swept, "removed leftovers of interrupted operations");
-        }
         let quota = QuotaSupport::detect(layout.root(), &layout.tmp_dir());
+        // Project ids are read before the sweep removes the directories carrying them,
+        // and limits cleared before the removal: a crash in between repeats this.
+        let found = sweep::survey(&layout)?;
+        let (recorded, live_projects) = count_records(&layout)?;
+        let orphans = sweep::projects_to_clear(&found, &live_projects);
+        let cleared_limits = sweep::clear_limits(layout.root(), &quota, &orphans);
+        let removed = layout.sweep()? + group::sweep_orphan_members(&layout)?;
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                orphan_projects = ?orphans,
+                "removed leftovers of interrupted operations"
+            );
+        }
         let reflink = copy::probe_reflink(&layout.tmp_dir())
             .map_err(VolumeError::io("probing reflink support", layout.tmp_dir()))?;
         tracing::info!(root = %layout.root().display(), quota = %quota.detail, reflink, "volume store open");
@@ -140,8 +194,21 @@ impl VolumeStore {
             quota,
             reflink,
             locks: NameLocks::default(),
-            accounting: Mutex::new(0),
+            accounting: Mutex::new(Accounting {
+                recorded,
+                pending: 0,
+            }),
+            swept: SweepReport {
+                removed,
+                orphan_projects: orphans.into_iter().collect(),
+                cleared_limits,
+            },
         })
+    }
+
+    /// What the sweep at open found and did.
+    pub fn startup_sweep(&self) -> &SweepReport {
+        &self.swept
     }
 
     pub fn layout(&self) -> &Layout {
@@ -156,7 +223,7 @@ impl VolumeStore {
         })
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, i64> {
+    fn accounts(&self) -> std::sync::MutexGuard<'_, Accounting> {
         self.accounting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -221,7 +288,9 @@ impl VolumeStore {
             source_path.as_deref(),
             source_record,
         );
-        drop(reservation);
+        // The volume counted nothing before (it did not exist); it counts what is on
+        // disk now, also when a step after its rename into place failed.
+        reservation.settle(counted_bytes(&self.layout, &request.dir));
         result
     }
 
@@ -269,7 +338,7 @@ impl VolumeStore {
         source_record: Option<Source>,
     ) -> Result<VolumeInfo> {
         let dir = &request.dir;
-        let scratch = self.layout.scratch(&format!("vol-{dir}"));
+        let scratch = self.layout.scratch(&format!("{VOLUME_LABEL}{dir}"));
         let target = self.layout.volume(dir);
         let record_path = self.layout.volume_meta(dir);
         let result = (|| {
@@ -358,9 +427,9 @@ impl VolumeStore {
     /// Checks `extra_bytes` against the capacity policy and holds them as pending
     /// until the returned reservation drops; allocates a project id when `new_project`.
     fn reserve(&self, extra_bytes: i64, new_project: bool) -> Result<(Reservation<'_>, u32)> {
-        let mut pending = self.pending();
+        let mut accounts = self.accounts();
         if self.config.capacity_policy == CapacityPolicy::Reserve && extra_bytes > 0 {
-            let capacity = self.capacity_with(*pending)?;
+            let capacity = self.capacity_with(accounts.promised())?;
             if extra_bytes > capacity.available_bytes {
                 return Err(VolumeError::ResourceExhausted(format!(
                     "{extra_bytes} bytes requested, {} available (export {} bytes, {} promised to volumes, {} free; policy: reserve)",
@@ -376,7 +445,7 @@ impl VolumeStore {
         } else {
             0
         };
-        *pending += extra_bytes;
+        accounts.pending += i128::from(extra_bytes);
         Ok((
             Reservation {
                 store: self,
@@ -398,19 +467,31 @@ impl VolumeStore {
         let _guard = self.lock(&[(volume_key(dir), Access::Exclusive)])?;
         let path = self.layout.volume(dir);
         if !path.exists() {
-            // Also finishes a delete that crashed after the rename into the trash.
+            // Also finishes a delete that failed or crashed after the rename into the
+            // trash: its record (if still there) names the project whose limit goes.
             self.layout.empty_trash_best_effort();
-            let _ = layout::remove_any(&self.layout.volume_meta(dir));
+            let record_path = self.layout.volume_meta(dir);
+            if let Ok(Some(record)) = meta::read::<VolumeMeta>(&record_path) {
+                let found = [sweep::Found::OrphanRecord {
+                    project: record.project_id,
+                    on_delete: record.on_delete,
+                }];
+                let ids = sweep::projects_to_clear(&found, &BTreeSet::new());
+                sweep::clear_limits(self.layout.root(), &self.quota, &ids);
+            }
+            let _ = layout::remove_any(&record_path);
             return Ok(DeleteOutcome::Absent);
         }
         let record = self.volume_record(dir)?;
+        // What this volume adds to the promised total until it leaves `volumes/`.
+        let counted = record.as_ref().map_or(0, |r| r.capacity_bytes);
         let mut trash_slot = None;
         // A directory without a record was not made by hanfs (or lost its record): its
         // data is kept, never trashed on a guess.
         let policy = record.as_ref().map_or(OnDelete::Retain, |r| r.on_delete);
         let outcome = match policy {
             OnDelete::Delete => {
-                let slot = self.layout.trash_slot(&format!("vol-{dir}"));
+                let slot = self.layout.trash_slot(&format!("{VOLUME_LABEL}{dir}"));
                 std::fs::rename(&path, &slot)
                     .map_err(VolumeError::io("moving volume to trash", &path))?;
                 trash_slot = Some(slot);
@@ -422,8 +503,12 @@ impl VolumeStore {
                 DeleteOutcome::Kept(policy, kept)
             }
         };
+        // Out of `volumes/`: promised no more, whatever fails next.
+        self.accounts().recorded -= i128::from(counted);
         layout::sync_dir(&self.layout.volumes_dir())?;
         layout::remove_any(&self.layout.volume_meta(dir))?;
+        // Its export admissions end with it (the API re-applies the export table).
+        self.forget_publications(dir)?;
         if let Some(r) = &record
             && r.project_id != 0
             && self.quota.enforced
@@ -476,17 +561,23 @@ impl VolumeStore {
             // Shrinking is not supported; the volume already satisfies the request.
             return self.volume_info(dir, false);
         }
-        let (reservation, _) = self.reserve(required_bytes - record.capacity_bytes, false)?;
-        if record.project_id != 0 && self.quota.enforced {
-            quota::set_limit(self.layout.root(), record.project_id, required_bytes as u64)
-                .map_err(VolumeError::io(
-                    "raising project quota",
-                    self.layout.volume(dir),
-                ))?;
-        }
-        record.capacity_bytes = required_bytes;
-        meta::write(&self.layout.volume_meta(dir), &record)?;
-        drop(reservation);
+        let counted = record.capacity_bytes;
+        let (reservation, _) = self.reserve(required_bytes - counted, false)?;
+        let result = (|| {
+            if record.project_id != 0 && self.quota.enforced {
+                quota::set_limit(self.layout.root(), record.project_id, required_bytes as u64)
+                    .map_err(VolumeError::io(
+                        "raising project quota",
+                        self.layout.volume(dir),
+                    ))?;
+            }
+            record.capacity_bytes = required_bytes;
+            meta::write(&self.layout.volume_meta(dir), &record)
+        })();
+        // A record write can fail after its rename (the directory's fsync): the total
+        // follows the record on disk, not the outcome.
+        reservation.settle(counted_bytes(&self.layout, dir) - counted);
+        result?;
         tracing::info!(volume = %dir, capacity = required_bytes, "volume expanded");
         self.volume_info(dir, false)
     }
@@ -720,6 +811,7 @@ impl VolumeStore {
                 size_bytes: source_record.capacity_bytes,
                 copy_method: method_of(&stats, self.reflink),
                 created_unix_nanos: meta::now_unix_nanos(),
+                group: None,
             };
             meta::write(&record_path, &record)?;
             std::fs::rename(&scratch, &target)
@@ -745,6 +837,15 @@ impl VolumeStore {
 
     pub fn delete_snapshot(&self, name: &SnapshotName) -> Result<bool> {
         let _guard = self.lock(&[(snapshot_key(name), Access::Exclusive)])?;
+        if let Some(SnapshotMeta {
+            group: Some(group), ..
+        }) = self.snapshot_record(name)?
+        {
+            // CSI: a snapshot with a group_snapshot_id cannot be deleted stand-alone.
+            return Err(VolumeError::FailedPrecondition(format!(
+                "snapshot {name} is a member of group snapshot {group}; delete the group instead"
+            )));
+        }
         let path = self.layout.snapshot(name);
         let existed = path.exists();
         let mut slot = None;
@@ -771,7 +872,10 @@ impl VolumeStore {
         if !self.layout.snapshot(name).is_dir() {
             return Ok(None);
         }
-        meta::read(&self.layout.snapshot_meta(name))
+        Ok(
+            meta::read::<SnapshotMeta>(&self.layout.snapshot_meta(name))?
+                .filter(|record| self.member_visible(record)),
+        )
     }
 
     pub fn get_snapshot(&self, name: &SnapshotName) -> Result<SnapshotInfo> {
@@ -812,11 +916,13 @@ impl VolumeStore {
     // ---- capacity and status ---------------------------------------------------
 
     pub fn capacity(&self) -> Result<CapacityInfo> {
-        let pending = *self.pending();
-        self.capacity_with(pending)
+        let promised = self.accounts().promised();
+        self.capacity_with(promised)
     }
 
-    fn capacity_with(&self, pending_bytes: i64) -> Result<CapacityInfo> {
+    /// The capacity figures beside `promised_bytes` (recorded and pending): one statvfs,
+    /// no records read, so a capacity decision costs the same beside 2,000 volumes.
+    fn capacity_with(&self, promised_bytes: i64) -> Result<CapacityInfo> {
         let root = self.layout.root();
         let stat = nix::sys::statvfs::statvfs(root).map_err(|e| VolumeError::Io {
             context: "statvfs of the export",
@@ -826,14 +932,6 @@ impl VolumeStore {
         let block = stat.fragment_size() as i64;
         let total_bytes = stat.blocks() as i64 * block;
         let free_bytes = stat.blocks_available() as i64 * block;
-        let mut promised_bytes = pending_bytes;
-        for name in sorted_names(&self.layout.volumes_dir())? {
-            if let Ok(dir) = VolumeDir::parse(&name)
-                && let Ok(Some(record)) = meta::read::<VolumeMeta>(&self.layout.volume_meta(&dir))
-            {
-                promised_bytes = promised_bytes.saturating_add(record.capacity_bytes);
-            }
-        }
         let available_bytes = match self.config.capacity_policy {
             // What is not promised, and never more than what is really free.
             CapacityPolicy::Reserve => (total_bytes - promised_bytes).min(free_bytes).max(0),
@@ -878,10 +976,58 @@ struct Reservation<'a> {
     bytes: i64,
 }
 
+impl Reservation<'_> {
+    /// Ends the reservation and moves the volume's recorded share by `recorded_delta`
+    /// in one step, so no capacity decision sees the bytes twice or not at all.
+    fn settle(mut self, recorded_delta: i64) {
+        let mut accounts = self.store.accounts();
+        accounts.pending -= i128::from(self.bytes);
+        accounts.recorded += i128::from(recorded_delta);
+        self.bytes = 0;
+    }
+}
+
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        *self.store.pending() -= self.bytes;
+        if self.bytes != 0 {
+            self.store.accounts().pending -= i128::from(self.bytes);
+        }
     }
+}
+
+/// What `dir` adds to the promised total: its record's capacity while the volume is a
+/// directory in `volumes/` and its record reads, else nothing. The same rule at open
+/// ([`count_records`]) and after each call, so the kept total equals a fresh count.
+fn counted_bytes(layout: &Layout, dir: &VolumeDir) -> i64 {
+    counted_record(layout, dir).map_or(0, |r| r.capacity_bytes)
+}
+
+fn counted_record(layout: &Layout, dir: &VolumeDir) -> Option<VolumeMeta> {
+    if !layout.volume(dir).is_dir() {
+        return None;
+    }
+    meta::read::<VolumeMeta>(&layout.volume_meta(dir))
+        .ok()
+        .flatten()
+}
+
+/// The promised total and the projects held by volumes in `volumes/`, from the records
+/// (once, at open).
+fn count_records(layout: &Layout) -> Result<(i128, BTreeSet<u32>)> {
+    let mut promised = 0;
+    let mut projects = BTreeSet::new();
+    for name in sorted_names(&layout.volumes_dir())? {
+        let Ok(dir) = VolumeDir::parse(&name) else {
+            continue;
+        };
+        if let Some(record) = counted_record(layout, &dir) {
+            promised += i128::from(record.capacity_bytes);
+            if record.project_id != 0 {
+                projects.insert(record.project_id);
+            }
+        }
+    }
+    Ok((promised, projects))
 }
 
 fn volume_key(dir: &VolumeDir) -> String {

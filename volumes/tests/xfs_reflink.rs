@@ -4,54 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failure by design
 
+mod support;
+
 use common::ids::{SnapshotName, VolumeDir};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use volumes::meta::{CopyMethod, OnDelete};
 use volumes::store::{CapacityPolicy, CreateVolume, SourceRef};
 use volumes::{StoreConfig, VolumeStore};
-
-/// Unmounts the image when the test ends, also when it fails.
-struct LoopMount {
-    mountpoint: PathBuf,
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mountpoint).status();
-        // If something still holds it, detach lazily: a leaked mount breaks the next run.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.mountpoint)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn mount_xfs(dir: &Path) -> LoopMount {
-    let image = dir.join("export.img");
-    let mountpoint = dir.join("export");
-    std::fs::create_dir(&mountpoint).unwrap();
-    let file = std::fs::File::create(&image).unwrap();
-    file.set_len(512 << 20).unwrap();
-    run(Command::new("mkfs.xfs")
-        .args(["-q", "-m", "reflink=1"])
-        .arg(&image));
-    run(Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&image)
-        .arg(&mountpoint));
-    LoopMount { mountpoint }
-}
 
 fn free_bytes(path: &Path) -> u64 {
     let stat = nix::sys::statvfs::statvfs(path).unwrap();
@@ -61,7 +20,7 @@ fn free_bytes(path: &Path) -> u64 {
 #[test]
 fn snapshots_on_xfs_are_reflinks_sharing_blocks_and_volumes_get_project_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let mount = mount_xfs(dir.path());
+    let mount = support::mount_xfs(dir.path(), 512 << 20);
     let store = VolumeStore::open(StoreConfig {
         root: mount.mountpoint.clone(),
         capacity_policy: CapacityPolicy::Thin,
