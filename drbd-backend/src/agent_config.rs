@@ -49,10 +49,33 @@ pub struct VolumeApiSection {
     #[serde(default = "default_volume_listen")]
     pub listen: String,
     pub token_file: Option<PathBuf>,
+    /// Mutual TLS; required when `listen` is TCP.
+    pub tls: Option<TlsSection>,
     #[serde(default)]
     pub thin: bool,
     #[serde(default = "default_volume_bytes")]
     pub default_volume_bytes: i64,
+}
+
+/// The volume API's TLS files (a Kubernetes TLS Secret's `ca.crt`, `tls.crt`, `tls.key`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The CA whose certificates clients (controller, hanfsctl) must present.
+    pub ca_file: PathBuf,
+    /// This server's certificate; its subject alternative names must include the VIP.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl VolumeApiSection {
+    pub fn tls_files(&self) -> Option<common::credentials::TlsFiles> {
+        self.tls.as_ref().map(|t| common::credentials::TlsFiles {
+            ca: t.ca_file.clone(),
+            cert: t.cert_file.clone(),
+            key: t.key_file.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,8 +107,32 @@ pub struct NfsdSection {
     pub grace_secs: u32,
     #[serde(default = "default_threads")]
     pub threads: u32,
-    #[serde(default = "default_clients")]
-    pub clients: String,
+    /// Networks whose nodes ControllerPublish may admit (CIDRs, e.g. `10.0.0.0/16`);
+    /// a node address outside them is refused with FAILED_PRECONDITION. Default: any.
+    /// Each volume is exported only to the nodes it is published to, never the tree.
+    #[serde(default = "default_allowed_clients")]
+    pub allowed_clients: Vec<String>,
+    /// `root_squash` on every volume export (default true); false: `no_root_squash`.
+    #[serde(default = "default_root_squash")]
+    pub root_squash: bool,
+    /// The exports file the agent owns (`exportfs -r` reads `/etc/exports.d/*.exports`).
+    #[serde(default = "default_exports_file")]
+    pub exports_file: PathBuf,
+}
+
+impl NfsdSection {
+    /// The parsed `allowed_clients`.
+    pub fn allowed_cidrs(&self) -> Result<Vec<common::node_id::Cidr>, String> {
+        if self.allowed_clients.is_empty() {
+            return Err("nfsd.allowed_clients is empty: no node could ever mount a volume".into());
+        }
+        self.allowed_clients
+            .iter()
+            .map(|c| {
+                common::node_id::Cidr::parse(c).map_err(|e| format!("nfsd.allowed_clients: {e}"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,8 +173,14 @@ fn default_nfs_time() -> u32 {
 fn default_threads() -> u32 {
     8
 }
-fn default_clients() -> String {
-    "*".into()
+fn default_allowed_clients() -> Vec<String> {
+    vec!["0.0.0.0/0".into(), "::/0".into()]
+}
+fn default_root_squash() -> bool {
+    true
+}
+fn default_exports_file() -> PathBuf {
+    "/etc/exports.d/hanfs.exports".into()
 }
 
 impl AgentFile {

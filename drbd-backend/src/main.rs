@@ -7,6 +7,7 @@
 //! - `status`, `switchover`, `force-promote`: talk to a running agent.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use common::credentials::{self, TlsArgs};
 use common::endpoint::{self, Endpoint, Listener};
 use drbd_backend::admin::AdminService;
 use drbd_backend::agent_config::AgentFile;
@@ -18,7 +19,7 @@ use drbd_backend::drivers::vip::Vip;
 use drbd_backend::ha::agent::{Agent, AgentConfig};
 use drbd_backend::ha::system::SystemStack;
 use drbd_backend::metrics;
-use drbd_backend::servers::Servers;
+use drbd_backend::servers::{self, Servers};
 use proto::backend::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,10 +99,15 @@ struct ServeArgs {
         default_value = "tcp://0.0.0.0:9820"
     )]
     listen: String,
-    /// File holding the bearer token callers must present (none: no authentication,
-    /// only sensible on a unix socket).
+    /// File holding the bearer token callers must present, a second factor next to the
+    /// client certificate (none: the certificate alone on TCP, file permissions on a
+    /// unix socket). An empty file is an error.
     #[arg(long, env = "HANFS_BACKEND_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// Mutual TLS, required when --listen is tcp://: the clients' CA, and this server's
+    /// certificate (naming the VIP) and key.
+    #[command(flatten)]
+    tls: TlsArgs,
     #[arg(long, value_enum, default_value = "reserve")]
     capacity_policy: Policy,
     /// Size of a volume whose request names no size.
@@ -120,18 +126,6 @@ fn parse_octal(text: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o7777)
         .ok_or_else(|| format!("{text:?} is not an octal mode like 0777"))
-}
-
-fn read_token(path: Option<&Path>) -> Result<Option<String>, Error> {
-    match path {
-        Some(path) => Ok(Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("reading token file {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
-        )),
-        None => Ok(None),
-    }
 }
 
 #[tokio::main]
@@ -166,13 +160,10 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
     let export_root = args
         .export_root
         .ok_or("--export-root is required (or use a subcommand, see --help)")?;
-    let token = read_token(args.auth_token_file.as_deref())?;
+    let token = credentials::read_optional_token(args.auth_token_file.as_deref())?;
     let endpoint = Endpoint::parse(&args.listen)?;
-    if token.is_none() && matches!(endpoint, Endpoint::Tcp(_)) {
-        tracing::warn!(
-            "the volume API listens on TCP without a token: anyone who reaches it can delete volumes"
-        );
-    }
+    // Before the store opens: bad credentials stop the server with nothing touched.
+    let mut server = servers::volume_api_server(&endpoint, args.tls.files().as_ref())?;
     let config = StoreConfig {
         root: export_root,
         capacity_policy: match args.capacity_policy {
@@ -186,7 +177,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
     let store = Arc::new(tokio::task::spawn_blocking(move || VolumeStore::open(config)).await??);
     let listener = Listener::bind(&endpoint).await?;
     tracing::info!(endpoint = %listener.local_endpoint(), "volume API serving");
-    let router = tonic::transport::Server::builder().add_service(api::service(store, token));
+    let router = server.add_service(api::service(store, token));
     endpoint::serve(router, listener, endpoint::shutdown_signal()).await?;
     Ok(())
 }
@@ -216,7 +207,14 @@ fn lease_client(file: &AgentFile, client: kube::Client) -> LeaseClient {
 
 async fn run_agent(path: &Path) -> Result<(), Error> {
     let file = AgentFile::load(path)?;
-    std::fs::create_dir_all(&file.state_dir)
+    // Credentials first: a bad file stops the agent before it touches DRBD or the Lease.
+    let token = credentials::read_optional_token(file.volume_api.token_file.as_deref())?;
+    let volume_endpoint = Endpoint::parse(&file.volume_api.listen)?;
+    let mut volume_server =
+        servers::volume_api_server(&volume_endpoint, file.volume_api.tls_files().as_ref())?;
+    // 0700: it holds the tenure and (by default) the admin socket.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&file.state_dir)
         .map_err(|e| format!("creating state dir {}: {e}", file.state_dir.display()))?;
     let lease = lease_client(&file, kube_client(&file).await?);
     let drbd = Drbd {
@@ -242,14 +240,21 @@ async fn run_agent(path: &Path) -> Result<(), Error> {
     nfsd_config.lease_secs = file.nfsd.lease_secs;
     nfsd_config.grace_secs = file.nfsd.grace_secs;
     nfsd_config.threads = file.nfsd.threads;
-    nfsd_config.clients = file.nfsd.clients.clone();
+    nfsd_config.root_squash = file.nfsd.root_squash;
+    nfsd_config.exports_file = file.nfsd.exports_file.clone();
     let nfsd = Nfsd::new(nfsd_config)?;
+    let allowed_clients = file.nfsd.allowed_cidrs()?;
     let vip = Vip::new(
         file.vip.address,
         file.vip.prefix_len,
         file.vip.interface.clone(),
     );
     let slot = Arc::new(StoreSlot::default());
+    // Publish calls and the takeover's export step apply the table through nfsd.
+    slot.set_exports(volumes::exports::ExportControl::new(
+        allowed_clients,
+        Some(Arc::new(nfsd.clone())),
+    ));
     let policy = if file.volume_api.thin {
         CapacityPolicy::Thin
     } else {
@@ -284,16 +289,17 @@ async fn run_agent(path: &Path) -> Result<(), Error> {
     let mut servers = Servers::default();
 
     // The volume API listens on every node; only the active one has the store open.
-    let token = read_token(file.volume_api.token_file.as_deref())?;
-    let volume_listener = Listener::bind(&Endpoint::parse(&file.volume_api.listen)?).await?;
-    let router =
-        tonic::transport::Server::builder().add_service(api::service_for_slot(slot.clone(), token));
+    let volume_listener = Listener::bind(&volume_endpoint).await?;
+    let router = volume_server.add_service(api::service_for_slot(slot.clone(), token));
     servers.spawn(
         "volume API",
         endpoint::serve(router, volume_listener, std::future::pending()),
     );
 
-    let admin_listener = Listener::bind(&Endpoint::Unix(file.admin_socket.clone())).await?;
+    // The admin socket can force-promote: only root reaches it (0600 in a 0700 directory).
+    // Remote admin has no listener of its own: run these commands over ssh on the node.
+    let own_directory = file.admin_socket.parent() == Some(file.state_dir.as_path());
+    let admin_listener = servers::bind_admin_socket(&file.admin_socket, own_directory).await?;
     let admin_router = tonic::transport::Server::builder().add_service(AdminService::server(
         ha.clone(),
         handle.clone(),

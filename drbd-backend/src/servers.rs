@@ -3,9 +3,116 @@
 //! controller call fails. [`Servers`] keeps their handles, and [`Servers::first_stopped`]
 //! resolves as soon as any of them ends — returned, failed or panicked — so the agent
 //! can stop and exit non-zero instead of running on without it.
+//!
+//! How two of them are reachable is decided here too: the volume API's transport
+//! ([`volume_api_server`]: mutual TLS on TCP) and the admin socket's permissions
+//! ([`bind_admin_socket`]).
 
+use common::credentials::{self, CredentialError, TlsFiles};
+use common::endpoint::{Endpoint, Listener};
 use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use tokio::task::JoinSet;
+
+/// The volume API's server builder for `endpoint`: mutual TLS on TCP (a client without a
+/// certificate from `tls`' CA fails the handshake, before any call), plaintext on a unix
+/// socket; TCP without TLS files is refused. Local mode and the agent both build it here.
+pub fn volume_api_server(
+    endpoint: &Endpoint,
+    tls: Option<&TlsFiles>,
+) -> Result<tonic::transport::Server, CredentialError> {
+    credentials::server_for(endpoint, tls, "the volume API")
+}
+
+/// The admin socket's directory is wrong in a way the agent will not fix by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminSocketError {
+    /// The socket path has no parent directory.
+    #[error("the admin socket {0} has no directory")]
+    NoDirectory(PathBuf),
+    /// Creating, inspecting or tightening the directory failed.
+    #[error("the admin socket's directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory is not ours to trust (a symlink, another owner, or shared).
+    #[error("the admin socket's directory {path} {problem}")]
+    Untrusted { path: PathBuf, problem: String },
+    /// Binding the socket failed.
+    #[error(transparent)]
+    Bind(#[from] common::endpoint::EndpointError),
+}
+
+/// Binds the admin socket (which can force-promote a node) so that only its owner can
+/// reach it: the socket is mode 0600 from the moment it appears (`Listener::bind` binds it
+/// in a private directory and renames it into place), inside a directory of mode 0700
+/// owned by this user. A missing directory is created 0700. An existing one that is wider
+/// is tightened only when `own_directory` (the agent's own state directory, which kubelet
+/// or an old version may have created 0755); any other wider, foreign-owned or symlinked
+/// directory is refused, since tightening a shared directory such as /run would break
+/// everything else in it.
+pub async fn bind_admin_socket(
+    path: &Path,
+    own_directory: bool,
+) -> Result<Listener, AdminSocketError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => return Err(AdminSocketError::NoDirectory(path.to_owned())),
+    };
+    let io = |source| AdminSocketError::Directory {
+        path: dir.clone(),
+        source,
+    };
+    let untrusted = |problem: String| AdminSocketError::Untrusted {
+        path: dir.clone(),
+        problem,
+    };
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Parents missing too (e.g. /run/hanfs on a fresh tmpfs): all of them 0700.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&dir)
+                .map_err(io)?;
+            true
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let meta = std::fs::symlink_metadata(&dir).map_err(io)?;
+    if !meta.file_type().is_dir() {
+        return Err(untrusted(
+            "is not a directory (a symlink or a file): point admin_socket into a directory of its own".into(),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(untrusted(format!(
+            "belongs to uid {}, not to this agent (uid {me}): put the socket in a directory the agent owns",
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        if created || own_directory {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            if !created {
+                tracing::warn!(dir = %dir.display(), mode = format!("{mode:04o}"), "tightened the admin socket's directory to 0700");
+            }
+        } else {
+            return Err(untrusted(format!(
+                "is mode {mode:04o}: it must be 0700 (chmod 700 {}, or give admin_socket a directory of its own)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(Listener::bind(&Endpoint::Unix(path.to_owned())).await?)
+}
 
 /// Which server ended, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]

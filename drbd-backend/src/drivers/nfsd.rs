@@ -7,10 +7,16 @@
 //! - the same NFSv4 server scope on both nodes: rpc.nfsd runs in its own UTS namespace
 //!   with the VIP's name as hostname, so clients see the same server after failover.
 //!
+//! - per-volume export ACLs (DESIGN.md §8): nothing exports the whole tree; each
+//!   published volume is one line of [`NfsdConfig::exports_file`]
+//!   (`/etc/exports.d/hanfs.exports`) admitting its nodes' addresses, rendered from the
+//!   publish records ([`render_exports`]) and applied with one `exportfs -r`.
+//!
 //! Each step is its own function; the agent orders them (start: [`Nfsd::keep_warm`],
 //! [`Nfsd::prepare_state_dir`], [`Nfsd::start_cld`], [`Nfsd::write_times`],
-//! [`Nfsd::export`], [`Nfsd::start`]; stop: [`Nfsd::stop`], then drop the
-//! [`Daemon`]). Command lines and `exportfs -v` parsing are pure functions.
+//! [`Nfsd::start`], [`Nfsd::apply_table`]; stop: [`Nfsd::unexport`], [`Nfsd::stop`],
+//! then drop the [`Daemon`]). Command lines, the exports file and `exportfs -v` parsing
+//! are pure functions.
 
 use crate::drivers::command::{self, CommandError};
 use std::collections::VecDeque;
@@ -18,10 +24,12 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
+use volumes::exports::{ApplyFuture, ExportSink, ExportTable};
 
 /// nfsd's bounds for `nfsv4leasetime` and `nfsv4gracetime` (fs/nfsd/nfsctl.c).
 pub const MIN_LEASE_GRACE_SECS: u32 = 10;
@@ -122,15 +130,19 @@ impl Default for NfsdTools {
 /// [`Nfsd::new`], which checks it.
 #[derive(Debug, Clone)]
 pub struct NfsdConfig {
-    /// The exported directory (the replicated filesystem's mount point).
+    /// The replicated filesystem's mount point; volumes are `<export_path>/volumes/<dir>`.
     pub export_path: PathBuf,
-    /// `fsid=`: the same on both nodes, so file handles survive failover.
-    pub fsid: u32,
-    /// The client spec (`*`, a host, a CIDR).
-    pub clients: String,
-    /// Export options without `fsid=` (added from [`NfsdConfig::fsid`]). `insecure` is
-    /// needed for clients mounting with `noresvport`.
+    /// Options of every volume export besides `rw`/`ro`, the squash flag and `fsid=`
+    /// (those come from the publication, [`NfsdConfig::root_squash`] and the volume's
+    /// record). `insecure` is needed for clients mounting with `noresvport`.
     pub options: Vec<String>,
+    /// `root_squash` (default): root on a client acts as nobody, so a node's root can
+    /// neither chown tenants' files nor bypass the project quota (on ext4 root writes
+    /// through nfsd did). `false` exports `no_root_squash`, for workloads that must
+    /// chown as root.
+    pub root_squash: bool,
+    /// The exports file hanfs owns; `exportfs -r` reads it with `/etc/exports`.
+    pub exports_file: PathBuf,
     /// `nfsv4leasetime`, seconds.
     pub lease_secs: u32,
     /// `nfsv4gracetime`, seconds (at least the lease, so every client can reclaim).
@@ -158,19 +170,19 @@ pub struct NfsdConfig {
 }
 
 impl NfsdConfig {
-    /// Defaults: fsid 1, all clients, `rw,sync,insecure,no_subtree_check`, lease and
-    /// grace 10 s (the tuned prototype's values), 8 threads, v4.1+ only, state in
-    /// `<export>/.hanfs/nfsdcld`.
+    /// Defaults: `sync,insecure,no_subtree_check,root_squash` per volume export, lease
+    /// and grace 10 s (the tuned prototype's values), 8 threads, v4.1+ only, state in
+    /// `<export>/.hanfs/nfsdcld`, exports in `/etc/exports.d/hanfs.exports`.
     pub fn new(export_path: impl Into<PathBuf>, server_scope: impl Into<String>) -> NfsdConfig {
         let export_path = export_path.into();
         NfsdConfig {
             state_dir: export_path.join(".hanfs/nfsdcld"),
             export_path,
-            fsid: 1,
-            clients: "*".into(),
-            options: ["rw", "sync", "insecure", "no_subtree_check"]
+            options: ["sync", "insecure", "no_subtree_check"]
                 .map(String::from)
                 .to_vec(),
+            root_squash: true,
+            exports_file: "/etc/exports.d/hanfs.exports".into(),
             lease_secs: 10,
             grace_secs: 10,
             threads: 8,
@@ -191,6 +203,7 @@ impl NfsdConfig {
         let invalid = |field, reason: String| Err(NfsdError::InvalidConfig { field, reason });
         for (field, path) in [
             ("export_path", &self.export_path),
+            ("exports_file", &self.exports_file),
             ("state_dir", &self.state_dir),
             ("cld_dir", &self.cld_dir),
             ("procfs", &self.procfs),
@@ -241,36 +254,122 @@ impl NfsdConfig {
         let word_ok = |w: &str| {
             !w.is_empty() && !w.contains(|c: char| c.is_whitespace() || "(),".contains(c))
         };
-        if !word_ok(&self.clients) {
+        // The exports file is whitespace-separated: a path with a blank would split.
+        if !self
+            .export_path
+            .to_str()
+            .is_some_and(|p| word_ok(p) && !p.contains('"'))
+        {
             return invalid(
-                "clients",
-                format!("{:?} is not an exportfs client spec", self.clients),
+                "export_path",
+                format!(
+                    "{} cannot appear in an exports file (blanks, quotes, parentheses or commas)",
+                    self.export_path.display()
+                ),
             );
         }
         for option in &self.options {
             if !word_ok(option) {
                 return invalid("options", format!("{option:?} is not one export option"));
             }
-            if option.starts_with("fsid=") {
-                return invalid("options", "set the fsid field, not an fsid= option".into());
+            let set_elsewhere = option.starts_with("fsid=")
+                || ["rw", "ro", "root_squash", "no_root_squash"].contains(&option.as_str());
+            if set_elsewhere {
+                return invalid(
+                    "options",
+                    format!(
+                        "{option:?} is set per volume (fsid from its record, rw/ro from the \
+                         publication, squashing from root_squash)"
+                    ),
+                );
             }
         }
         Ok(())
     }
 
-    /// The `-o` value for exportfs: the options plus `fsid=N`.
-    pub fn export_options(&self) -> String {
-        let mut options = self.options.clone();
-        options.push(format!("fsid={}", self.fsid));
+    /// The options of one client of one volume export.
+    fn client_options(&self, readonly: bool, fsid: &str) -> String {
+        let mut options = vec![if readonly { "ro" } else { "rw" }.to_owned()];
+        options.extend(self.options.iter().cloned());
+        options.push(
+            if self.root_squash {
+                "root_squash"
+            } else {
+                "no_root_squash"
+            }
+            .into(),
+        );
+        options.push(format!("fsid={fsid}"));
         options.join(",")
     }
+}
 
-    /// `<clients>:<export_path>` as exportfs takes it.
-    pub fn export_spec(&self) -> OsString {
-        let mut spec = OsString::from(format!("{}:", self.clients));
-        spec.push(self.export_path.as_os_str());
-        spec
+/// The first line of the exports file hanfs writes.
+pub const EXPORTS_HEADER: &str =
+    "# Written by hanfs-backend from the publish records on the replicated disk; do not edit.";
+
+/// The exports file for `table` (pure): one line per published volume,
+/// `<path> <address>(<options>) …`, in the table's (sorted) order. A path that could not
+/// be written safely is left out and logged (it cannot occur for names hanfs made).
+pub fn render_exports(config: &NfsdConfig, table: &ExportTable) -> String {
+    let mut text = String::with_capacity(64 + table.volumes.len() * 160);
+    text.push_str(EXPORTS_HEADER);
+    text.push('\n');
+    for volume in &table.volumes {
+        let Some(path) = volume
+            .path
+            .to_str()
+            .filter(|p| !p.contains(|c: char| c.is_whitespace() || "\"(),#".contains(c)))
+        else {
+            tracing::error!(path = %volume.path.display(), "volume path cannot go into an exports file: not exported");
+            continue;
+        };
+        text.push_str(path);
+        for (address, readonly) in &volume.clients {
+            text.push(' ');
+            text.push_str(&address.to_string());
+            text.push('(');
+            text.push_str(&config.client_options(*readonly, &volume.fsid));
+            text.push(')');
+        }
+        text.push('\n');
     }
+    text
+}
+
+/// The (path, client) pairs an exports file of ours lists (pure; the inverse of
+/// [`render_exports`] for what [`Nfsd::is_exported`] compares).
+pub fn parse_exports_file(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let Some(path) = words.next() else { continue };
+        for client in words {
+            let client = client.split_once('(').map_or(client, |(c, _)| c);
+            pairs.push((path.to_owned(), client.to_owned()));
+        }
+    }
+    pairs
+}
+
+/// The pairs of `wanted` the kernel's table (`exportfs -v`) lacks.
+pub fn missing_exports(
+    wanted: &[(String, String)],
+    kernel: &[ExportEntry],
+) -> Vec<(String, String)> {
+    wanted
+        .iter()
+        .filter(|(path, client)| {
+            !kernel
+                .iter()
+                .any(|e| &e.path == path && &e.client == client)
+        })
+        .cloned()
+        .collect()
 }
 
 /// The arguments of rpc.nfsd: version flags, then the thread count.
@@ -305,21 +404,6 @@ pub fn start_command(config: &NfsdConfig) -> (PathBuf, Vec<OsString>) {
     ];
     args.extend(rpc_nfsd_args(config).into_iter().map(OsString::from));
     (tools.unshare.clone(), args)
-}
-
-/// `exportfs -i -o <options> <clients>:<path>` (`-i`: ignore /etc/exports).
-pub fn export_args(config: &NfsdConfig) -> Vec<OsString> {
-    vec![
-        "-i".into(),
-        "-o".into(),
-        config.export_options().into(),
-        config.export_spec(),
-    ]
-}
-
-/// `exportfs -u <clients>:<path>`.
-pub fn unexport_args(config: &NfsdConfig) -> Vec<OsString> {
-    vec!["-u".into(), config.export_spec()]
 }
 
 /// One line of the kernel's export table as `exportfs -v` shows it.
@@ -419,12 +503,20 @@ impl Daemon {
 #[derive(Debug, Clone)]
 pub struct Nfsd {
     config: NfsdConfig,
+    /// Held (by every clone) from writing the exports file until `exportfs -r` has applied
+    /// it, and while the health check compares the two: between those steps the file
+    /// lists entries the kernel does not have yet, and the check must not read that as
+    /// "exports went down" (a burst of publishes once made the active stand down).
+    exports: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Nfsd {
     pub fn new(config: NfsdConfig) -> Result<Nfsd, NfsdError> {
         config.validate()?;
-        Ok(Nfsd { config })
+        Ok(Nfsd {
+            config,
+            exports: Arc::default(),
+        })
     }
 
     pub fn config(&self) -> &NfsdConfig {
@@ -632,30 +724,58 @@ impl Nfsd {
             .map(drop)
     }
 
-    /// `exportfs -i -o <options> <clients>:<path>`.
-    pub async fn export(&self) -> Result<(), NfsdError> {
+    /// Makes the kernel export exactly `table`: writes the exports file atomically
+    /// (temp file, fsync, rename) and runs one `exportfs -r`, which adds and removes
+    /// entries to match the files — one exec for the whole table, however many volumes.
+    pub async fn apply_table(&self, table: &ExportTable) -> Result<(), NfsdError> {
+        let _applying = self.exports.lock().await;
+        let text = render_exports(&self.config, table);
+        let path = self.config.exports_file.clone();
+        let write_path = path.clone();
+        self.blocking("write", &path, move || write_atomically(&write_path, &text))
+            .await?;
         self.run(
-            "export",
+            "export (exportfs -r)",
             &self.config.tools.exportfs,
-            &export_args(&self.config),
+            &["-r".into()],
         )
         .await
         .map(drop)
     }
 
-    /// `exportfs -u <clients>:<path>`.
+    /// Removes the exports file and runs `exportfs -r`: the kernel drops every volume
+    /// export (and keeps whatever else `/etc/exports` lists).
     pub async fn unexport(&self) -> Result<(), NfsdError> {
+        let _applying = self.exports.lock().await;
+        self.remove_exports_file().await?;
         self.run(
-            "unexport",
+            "unexport (exportfs -r)",
             &self.config.tools.exportfs,
-            &unexport_args(&self.config),
+            &["-r".into()],
         )
         .await
         .map(drop)
+    }
+
+    async fn remove_exports_file(&self) -> Result<(), NfsdError> {
+        let path = self.config.exports_file.clone();
+        let remove_path = path.clone();
+        self.blocking("remove", &path, move || {
+            match std::fs::remove_file(&remove_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NfsdError::Io {
+                    action: "remove",
+                    path: remove_path.clone(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     /// `rpc.nfsd 0` (no threads: clients get no answer and retry, the VIP moves), then
-    /// `exportfs -ua`. Both run even if the first fails; the first error is returned.
+    /// `exportfs -ua`, and the exports file goes (so a standby never re-exports a stale
+    /// table). All run even if one fails; the first error is returned.
     pub async fn stop(&self) -> Result<(), NfsdError> {
         let stopped = self
             .run(
@@ -664,11 +784,14 @@ impl Nfsd {
                 &["0".into()],
             )
             .await;
+        let _applying = self.exports.lock().await;
         let unexported = self
             .run("unexport all", &self.config.tools.exportfs, &["-ua".into()])
             .await;
+        let removed = self.remove_exports_file().await;
         stopped?;
-        unexported.map(drop)
+        unexported?;
+        removed
     }
 
     async fn read_threads(&self) -> Result<Option<u32>, NfsdError> {
@@ -711,17 +834,36 @@ impl Nfsd {
         })
     }
 
-    /// Whether the kernel exports our path to our clients with our fsid (`exportfs -v`).
-    /// An export with another fsid does not count: it would hand out other file handles.
+    /// Whether this node applied a table (the exports file exists) and the kernel
+    /// exports every (volume, client) it lists (`exportfs -v`). An empty table counts as
+    /// exported once applied: there is nothing a client may mount yet.
     pub async fn is_exported(&self) -> Result<bool, NfsdError> {
+        // Never between an apply's file write and its exportfs (see `exports`).
+        let _consistent = self.exports.lock().await;
+        let path = self.config.exports_file.clone();
+        let read_path = path.clone();
+        let text = self
+            .blocking("read", &path, move || {
+                match std::fs::read_to_string(&read_path) {
+                    Ok(text) => Ok(Some(text)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(NfsdError::Io {
+                        action: "read",
+                        path: read_path.clone(),
+                        source,
+                    }),
+                }
+            })
+            .await?;
+        let Some(text) = text else { return Ok(false) };
         let out = self
             .run("list exports", &self.config.tools.exportfs, &["-v".into()])
             .await?;
-        let path = self.config.export_path.to_string_lossy();
-        let fsid = format!("fsid={}", self.config.fsid);
-        Ok(parse_exportfs_verbose(&out).iter().any(|e| {
-            e.path == path && e.client_is(&self.config.clients) && e.options.contains(&fsid)
-        }))
+        let missing = missing_exports(&parse_exports_file(&text), &parse_exportfs_verbose(&out));
+        if let Some((path, client)) = missing.first() {
+            tracing::debug!(%path, %client, missing = missing.len(), "exports file not fully applied");
+        }
+        Ok(missing.is_empty())
     }
 }
 
@@ -752,6 +894,31 @@ fn io_err<'a>(
         path: path.to_owned(),
         source,
     }
+}
+
+/// Replaces `path` with `text` so a reader (exportfs) sees the old file or the new one.
+fn write_atomically(path: &Path, text: &str) -> Result<(), NfsdError> {
+    use std::io::Write;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(NfsdError::Io {
+            action: "write",
+            path: path.to_owned(),
+            source,
+        });
+    }
+    Ok(())
 }
 
 /// Creates `state_dir` (0700) and makes `cld_dir` a symlink to it.
@@ -820,6 +987,14 @@ fn aside_name(cld_dir: &Path) -> PathBuf {
     candidate
 }
 
+/// The agent's export sink: publish and unpublish calls, and the takeover's export
+/// step, apply the table through nfsd.
+impl ExportSink for Nfsd {
+    fn apply(&self, table: ExportTable) -> ApplyFuture<'_> {
+        Box::pin(async move { self.apply_table(&table).await.map_err(|e| e.to_string()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,10 +1004,10 @@ mod tests {
         let c = NfsdConfig::new("/srv/export", "nfs.example.com");
         c.validate().unwrap();
         assert_eq!(
-            c.export_options(),
-            "rw,sync,insecure,no_subtree_check,fsid=1"
+            c.client_options(false, "u-1"),
+            "rw,sync,insecure,no_subtree_check,root_squash,fsid=u-1"
         );
-        assert_eq!(c.export_spec(), OsString::from("*:/srv/export"));
+        assert_eq!(c.exports_file, Path::new("/etc/exports.d/hanfs.exports"));
         assert_eq!(c.state_dir, Path::new("/srv/export/.hanfs/nfsdcld"));
     }
 

@@ -191,8 +191,8 @@ fn log_notes(notes: Vec<Note>) {
             Note::Unhealthy { failures, problem } => {
                 tracing::warn!(failures, %problem, "the active stack is unhealthy")
             }
-            Note::Regressed { failures } => {
-                tracing::warn!(failures, "a running piece of the stack went down")
+            Note::Regressed { failures, pieces } => {
+                tracing::warn!(failures, went_down = %pieces.join(", "), "a running piece of the stack went down")
             }
             Note::FailuresForgotten { forgotten } => tracing::info!(
                 forgotten,

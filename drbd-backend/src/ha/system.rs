@@ -349,7 +349,19 @@ impl Stack for SystemStack {
                 self.nfsd.write_times().await.map_err(step_error)?;
                 self.nfsd.start().await.map_err(step_error)
             }
-            StackAction::Export => self.nfsd.export().await.map_err(step_error),
+            // The table comes from the publish records on the replicated disk (the store
+            // opened at Mount), so a new active exports exactly what the old one did.
+            StackAction::Export => {
+                let table = self.store_slot.apply_exports().await.map_err(|s| {
+                    StepError::Failed(format!("exporting the volumes: {}", s.message()))
+                })?;
+                tracing::info!(
+                    volumes = table.volumes.len(),
+                    admissions = table.admissions(),
+                    "export table applied"
+                );
+                Ok(())
+            }
             StackAction::AddVip => {
                 self.vip.add().await.map_err(step_error)?;
                 // One gratuitous ARP before the tickles, or clients answer the dead MAC.
