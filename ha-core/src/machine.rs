@@ -149,8 +149,11 @@ pub struct LeaseTick {
 pub enum Note {
     /// The active stack reported a health problem; `failures` counted so far.
     Unhealthy { failures: u32, problem: String },
-    /// A running piece of the active stack went down.
-    Regressed { failures: u32 },
+    /// Running pieces of the active stack went down (`pieces` names them).
+    Regressed {
+        failures: u32,
+        pieces: Vec<&'static str>,
+    },
     /// The stack stayed healthy long enough: this many failures no longer count.
     FailuresForgotten { forgotten: u32 },
     /// The VIP came up after an acquisition, this long after it.
@@ -438,10 +441,16 @@ impl AgentState {
             let after = observation.stack;
             // A piece that was up and is down again while active is a stack failure: the
             // next steps restart it once; a second one makes the node hand over.
-            let regressed = (before.nfsd && !after.nfsd)
-                || (before.exported && !after.exported)
-                || (before.mounted && !after.mounted)
-                || (before.vip && !after.vip);
+            let went_down: Vec<&'static str> = [
+                (before.mounted && !after.mounted, "filesystem"),
+                (before.nfsd && !after.nfsd, "nfsd"),
+                (before.exported && !after.exported, "exports"),
+                (before.vip && !after.vip, "VIP"),
+            ]
+            .into_iter()
+            .filter_map(|(down, piece)| down.then_some(piece))
+            .collect();
+            let regressed = !went_down.is_empty();
             if holding
                 && !self.stack_busy
                 && let Some(problem) = &observation.unhealthy
@@ -460,6 +469,7 @@ impl AgentState {
                 self.health_failures += 1;
                 notes.push(Note::Regressed {
                     failures: self.health_failures,
+                    pieces: went_down,
                 });
             }
             // Failures were failures of the active stack: once this node has stood down
