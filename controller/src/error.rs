@@ -6,6 +6,7 @@
 
 use crate::params::ParamError;
 use common::ids::IdError;
+use common::node_id::NodeIdError;
 use thiserror::Error;
 use tonic::{Code, Status};
 
@@ -27,6 +28,10 @@ pub enum ControllerError {
         #[source]
         source: IdError,
     },
+    /// A ControllerPublish node id that names no hanfs node (NOT_FOUND) or carries a
+    /// malformed address (INVALID_ARGUMENT).
+    #[error(transparent)]
+    NodeId(#[from] NodeIdError),
     /// A volume capability hanfs cannot serve (block access, unknown access mode, ...).
     #[error("{0}")]
     Capability(String),
@@ -44,6 +49,9 @@ pub enum ControllerError {
         "volume is already {capacity} bytes, more than limit_bytes {limit} (volumes do not shrink)"
     )]
     AboveLimit { capacity: i64, limit: i64 },
+    /// A group snapshot call's `snapshot_ids` are not exactly the group's members.
+    #[error("{0}")]
+    SnapshotListMismatch(String),
     /// The backend has no such volume or snapshot.
     #[error("{0}")]
     NotFound(String),
@@ -71,13 +79,16 @@ impl ControllerError {
             | ControllerError::Capability(_)
             | ControllerError::Param(_)
             | ControllerError::NegativeMaxEntries(_)
-            | ControllerError::CapacityRange(_) => Code::InvalidArgument,
+            | ControllerError::CapacityRange(_)
+            | ControllerError::SnapshotListMismatch(_) => Code::InvalidArgument,
             ControllerError::Id(err) | ControllerError::ContentSource { source: err, .. }
                 if err.means_not_found() =>
             {
                 Code::NotFound
             }
             ControllerError::Id(_) | ControllerError::ContentSource { .. } => Code::InvalidArgument,
+            ControllerError::NodeId(err) if err.means_unknown_node() => Code::NotFound,
+            ControllerError::NodeId(_) => Code::InvalidArgument,
             ControllerError::AboveLimit { .. } => Code::OutOfRange,
             ControllerError::NotFound(_) => Code::NotFound,
             ControllerError::AlreadyExists(_) => Code::AlreadyExists,
@@ -152,6 +163,16 @@ mod tests {
         let invalid = status(source(malformed));
         assert_eq!(invalid.code(), Code::InvalidArgument);
         assert!(invalid.message().starts_with("content source snapshot: "));
+    }
+
+    #[test]
+    fn node_ids_without_an_address_are_unknown_nodes_and_bad_addresses_invalid() {
+        let unknown = common::node_id::NodeId::parse("some-fake-node-id").unwrap_err();
+        assert_eq!(status(unknown).code(), Code::NotFound);
+        let bad = common::node_id::NodeId::parse("n@10.0.0.300").unwrap_err();
+        let bad = status(bad);
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(bad.message().contains("10.0.0.300"), "{}", bad.message());
     }
 
     #[test]

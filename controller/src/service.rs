@@ -1,7 +1,7 @@
 //! The CSI Controller service: CSI semantics (validation, idempotency, id formats,
 //! error codes) over calls to the backend volume API.
 
-use crate::backend::BackendClient;
+use crate::backend::{self, BackendClient};
 use crate::capabilities;
 use crate::error::ControllerError;
 use crate::params::{self, ExportConfig, OnDelete};
@@ -16,6 +16,8 @@ use tonic::{Code, Request, Response, Status};
 /// Volume context keys the node plugin reads.
 pub const CONTEXT_SERVER: &str = "server";
 pub const CONTEXT_SHARE: &str = "share";
+
+mod publish;
 
 pub struct ControllerService {
     cluster: ClusterId,
@@ -87,7 +89,7 @@ impl ControllerService {
             source_volume_id: self.volume_id(&snapshot.source_volume)?,
             creation_time: snapshot.created,
             ready_to_use: true,
-            group_snapshot_id: String::new(),
+            group_snapshot_id: crate::group::group_id_of(&self.cluster, &snapshot.group)?,
             // Every node mounts the one export: a snapshot is usable from everywhere,
             // which CSI v1.13 spells as no topology (and no
             // SNAPSHOT_ACCESSIBILITY_CONSTRAINTS plugin capability).
@@ -116,6 +118,16 @@ impl ControllerService {
             None => VolumeDir::parse(&ids::dir_name_for(&self.cluster, &name))
                 .map_err(ControllerError::Name)?,
         };
+        // A content source that names neither a snapshot nor a volume is a broken
+        // request, not a request for an empty volume.
+        if r.volume_content_source
+            .as_ref()
+            .is_some_and(|s| s.r#type.is_none())
+        {
+            return Err(ControllerError::Missing(
+                "volume_content_source.type (a snapshot or a volume)",
+            ));
+        }
         let source = match r.volume_content_source.and_then(|s| s.r#type) {
             None => None,
             Some(csi::volume_content_source::Type::Snapshot(s)) => {
@@ -151,12 +163,14 @@ impl ControllerService {
             mode: params.mount_permissions.unwrap_or(0),
             source,
         };
-        let volume = self
-            .backend
-            .clone()
-            .create_volume(request)
-            .await?
-            .into_inner();
+        let volume = backend::idempotent(
+            &self.backend,
+            "CreateVolume",
+            request,
+            |mut c, r| async move { c.create_volume(r).await },
+        )
+        .await?
+        .into_inner();
         tracing::info!(volume_id = %self.volume_id(&volume.dir)?, capacity = volume.capacity_bytes, "volume ready");
         Ok(csi::CreateVolumeResponse {
             volume: Some(self.to_csi_volume(volume)?),
@@ -180,14 +194,17 @@ impl ControllerService {
             }
             Err(e) => return Err(e.into()),
         };
-        let outcome = self
-            .backend
-            .clone()
-            .delete_volume(be::DeleteVolumeRequest {
-                dir: dir.to_string(),
-            })
-            .await?
-            .into_inner();
+        let request = be::DeleteVolumeRequest {
+            dir: dir.to_string(),
+        };
+        let outcome = backend::idempotent(
+            &self.backend,
+            "DeleteVolume",
+            request,
+            |mut c, r| async move { c.delete_volume(r).await },
+        )
+        .await?
+        .into_inner();
         if !outcome.kept_at.is_empty() {
             tracing::info!(kept_at = %outcome.kept_at, "volume deleted, data kept by its onDelete policy");
         }
@@ -314,16 +331,19 @@ impl ControllerService {
         let source = self.existing_volume(&r.source_volume_id)?;
         let snapshot_name = SnapshotName::parse(&ids::dir_name_for(&self.cluster, &name))
             .map_err(ControllerError::Name)?;
-        let snapshot = self
-            .backend
-            .clone()
-            .create_snapshot(be::CreateSnapshotRequest {
-                name: snapshot_name.to_string(),
-                request_name: name.to_string(),
-                source_volume: source.to_string(),
-            })
-            .await?
-            .into_inner();
+        let request = be::CreateSnapshotRequest {
+            name: snapshot_name.to_string(),
+            request_name: name.to_string(),
+            source_volume: source.to_string(),
+        };
+        let snapshot = backend::idempotent(
+            &self.backend,
+            "CreateSnapshot",
+            request,
+            |mut c, r| async move { c.create_snapshot(r).await },
+        )
+        .await?
+        .into_inner();
         Ok(csi::CreateSnapshotResponse {
             snapshot: Some(self.to_csi_snapshot(snapshot)?),
         })
@@ -344,12 +364,16 @@ impl ControllerService {
             }
             Err(e) => return Err(e.into()),
         };
-        self.backend
-            .clone()
-            .delete_snapshot(be::DeleteSnapshotRequest {
-                name: name.to_string(),
-            })
-            .await?;
+        let request = be::DeleteSnapshotRequest {
+            name: name.to_string(),
+        };
+        backend::idempotent(
+            &self.backend,
+            "DeleteSnapshot",
+            request,
+            |mut c, r| async move { c.delete_snapshot(r).await },
+        )
+        .await?;
         Ok(csi::DeleteSnapshotResponse {})
     }
 
@@ -435,7 +459,9 @@ impl ControllerService {
         // cluster cannot have made names no snapshot of ours (csi-sanity asks for
         // `none-exist-id`).
         let id = SnapshotId::parse(&r.snapshot_id, &self.cluster).map_err(|e| {
-            ControllerError::NotFound(format!("snapshot {:?} does not exist: {e}", r.snapshot_id))
+            // The error shows the id cut short; echoing the whole id would put up to
+            // 4 MiB into the grpc-message header, which HTTP/2 clients refuse.
+            ControllerError::NotFound(format!("snapshot does not exist: {e}"))
         })?;
         let snapshot = self
             .backend
@@ -455,6 +481,11 @@ impl ControllerService {
         r: csi::ControllerExpandVolumeRequest,
     ) -> Result<csi::ControllerExpandVolumeResponse, ControllerError> {
         let dir = self.existing_volume(&r.volume_id)?;
+        // Optional, but a capability hanfs cannot serve is as wrong here as at create.
+        if let Some(capability) = &r.volume_capability {
+            capabilities::check_all(std::slice::from_ref(capability))
+                .map_err(ControllerError::Capability)?;
+        }
         let range = r
             .capacity_range
             .ok_or(ControllerError::Missing("capacity_range"))?;
@@ -466,15 +497,18 @@ impl ControllerService {
                 "required_bytes exceeds limit_bytes",
             ));
         }
-        let volume = self
-            .backend
-            .clone()
-            .expand_volume(be::ExpandVolumeRequest {
-                dir: dir.to_string(),
-                capacity_bytes: range.required_bytes,
-            })
-            .await?
-            .into_inner();
+        let request = be::ExpandVolumeRequest {
+            dir: dir.to_string(),
+            capacity_bytes: range.required_bytes,
+        };
+        let volume = backend::idempotent(
+            &self.backend,
+            "ExpandVolume",
+            request,
+            |mut c, r| async move { c.expand_volume(r).await },
+        )
+        .await?
+        .into_inner();
         if range.limit_bytes > 0 && volume.capacity_bytes > range.limit_bytes {
             return Err(ControllerError::AboveLimit {
                 capacity: volume.capacity_bytes,
@@ -581,13 +615,18 @@ impl ControllerService {
         let on_delete = params::parse_mutable_params(&r.mutable_parameters)?;
         match on_delete {
             Some(on_delete) => {
-                self.backend
-                    .clone()
-                    .modify_volume(be::ModifyVolumeRequest {
-                        dir: dir.to_string(),
-                        on_delete: on_delete_to_backend(on_delete) as i32,
-                    })
-                    .await?;
+                let request = be::ModifyVolumeRequest {
+                    dir: dir.to_string(),
+                    on_delete: on_delete_to_backend(on_delete) as i32,
+                };
+                // Sets a value: idempotent like the calls named by name.
+                backend::idempotent(
+                    &self.backend,
+                    "ModifyVolume",
+                    request,
+                    |mut c, r| async move { c.modify_volume(r).await },
+                )
+                .await?;
             }
             // Nothing to change, but the volume must exist.
             None => {
@@ -634,6 +673,11 @@ pub const CAPABILITIES: &[Rpc] = &[
     Rpc::ModifyVolume,
     Rpc::GetVolumeHealth,
     Rpc::ListVolumeHealth,
+    // Per-node export ACLs: publish admits the node's address to the volume's export.
+    Rpc::PublishUnpublishVolume,
+    // A read-only publish admits the node with `ro` in the volume's export entry, so the
+    // server refuses its writes whatever the node mounts with.
+    Rpc::PublishReadonly,
 ];
 
 #[tonic::async_trait]
@@ -736,6 +780,20 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerListVolumeHealthRequest>,
     ) -> Result<Response<csi::ControllerListVolumeHealthResponse>, Status> {
         reply(self.list_volume_health(request.into_inner()).await)
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        request: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        reply(self.publish(request.into_inner()).await)
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        request: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        reply(self.unpublish(request.into_inner()).await)
     }
 
     async fn controller_modify_volume(
