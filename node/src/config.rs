@@ -31,7 +31,8 @@ pub const DEFAULT_TARGET_ROOT: &str = "/var/lib/kubelet";
 pub struct NodeConfig {
     /// The CSI driver name reported by GetPluginInfo.
     pub driver_name: String,
-    /// This node's id in NodeGetInfo (the Kubernetes node name).
+    /// This node's id in NodeGetInfo: the Kubernetes node name, with `@<address>` when
+    /// the node's NFS address is known (see `common::node_id`).
     pub node_id: String,
     /// Volume ids of other clusters are answered with NOT_FOUND.
     pub cluster_id: ClusterId,

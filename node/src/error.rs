@@ -104,6 +104,10 @@ impl NodeError {
             NodeError::Helper(err) if err.is_timeout() => Code::DeadlineExceeded,
             // The server has no such export directory.
             NodeError::Helper(err) if err.errno() == Some(Errno::ENOENT) => Code::NotFound,
+            // A path kubelet could never have made (a component over NAME_MAX).
+            NodeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                Code::InvalidArgument
+            }
             NodeError::Helper(_)
             | NodeError::StillMounted { .. }
             | NodeError::TargetNotEmpty(_)

@@ -4,6 +4,8 @@
 //! - [`config`]: what the plugin is told at start ([`NodeConfig`], [`Transport`]).
 //! - [`service`]: the CSI Node RPCs ([`NodeService`]); stateless, mountinfo is the truth.
 //! - [`mount_spec`]: pure: which mount(2) arguments a publish needs (bind or NFSv4).
+//! - [`mount_table`]: one read of mountinfo per call, parsing only the lines a
+//!   question needs (nodes carry thousands of mounts).
 //! - [`target_path`]: checks that publish targets stay below the allowed roots.
 //! - [`syscall_helper`]: mount/umount/statfs in a child process with a deadline, and
 //!   the hidden `helper` subcommand that child runs.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod mount_spec;
+pub mod mount_table;
 pub mod registration;
 pub mod service;
 pub mod stats;

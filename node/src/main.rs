@@ -27,6 +27,12 @@ struct Args {
     /// This node's id (the Kubernetes node name); defaults to the host name.
     #[arg(long, env = "NODE_ID")]
     node_id: Option<String>,
+    /// The address this node's NFS client mounts from (the chart passes the pod's
+    /// status.hostIP). NodeGetInfo then reports `<node-id>@<address>`, and
+    /// ControllerPublishVolume admits that address to the volume's export. Without it
+    /// the node id is the bare name, which ControllerPublish answers NOT_FOUND.
+    #[arg(long, env = "NODE_ADDRESS")]
+    node_address: Option<std::net::IpAddr>,
     #[arg(long, default_value = common::DEFAULT_DRIVER_NAME)]
     driver_name: String,
     /// The hanfs cluster whose volumes this node mounts.
@@ -171,6 +177,12 @@ fn node_config(args: Args) -> Result<NodeConfig, String> {
             .map(|h| h.trim().to_owned())
             .map_err(|e| format!("no --node-id and no host name: {e}"))?,
     };
+    let node_id = match args.node_address {
+        Some(address) => common::node_id::NodeId::new(&node_id, address)
+            .map_err(|e| format!("--node-id with --node-address: {e}"))?
+            .to_string(),
+        None => node_id,
+    };
     let helper_binary = std::env::current_exe()
         .map_err(|e| format!("cannot find this binary for the helper: {e}"))?;
     Ok(NodeConfig {
@@ -190,6 +202,8 @@ fn main() -> ExitCode {
     if let Some(Command::Helper(command)) = args.command.take() {
         return run_helper(command);
     }
+    // Before any thread exists (see common::memory).
+    common::memory::limit_arenas(common::memory::ARENAS);
     common::logging::init(args.json_logs);
     let endpoint = match Endpoint::parse(&args.endpoint) {
         Ok(endpoint) => endpoint,
@@ -203,7 +217,12 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return fail(&err),
     };
+    // Two workers whatever the node's core count: a call is little CPU around awaits
+    // (mount-path syscalls run in helper processes that are awaited, never waited for
+    // on a worker; directory work runs on the blocking pool), and every worker costs a
+    // stack and, under load, an arena.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -211,6 +230,9 @@ fn main() -> ExitCode {
         Err(err) => return fail(&format!("starting the runtime: {err}")),
     };
     let served = runtime.block_on(async {
+        tokio::spawn(common::memory::trim_periodically(
+            common::memory::TRIM_PERIOD,
+        ));
         let listener = Listener::bind(&endpoint).await?;
         let health_listener = match &health_listen {
             Some(endpoint) => Some(Listener::bind(endpoint).await?),

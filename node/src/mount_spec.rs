@@ -454,6 +454,12 @@ pub fn check_option(option: &str) -> Result<(), MountSpecError> {
     if option.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad("it contains whitespace or control characters");
     }
+    // The kernel's option splitter (vfs_parse_comma_sep) keeps commas inside double
+    // quotes, so a stray quote would swallow the options after it, the driver's addr=
+    // too (found by fuzz/nfs_options). Only SELinux contexts are quoted, above.
+    if option.contains('"') {
+        return bad("'\"' is only allowed around a SELinux context");
+    }
     if option.starts_with('=') || option.matches('=').count() > 1 {
         return bad("an option is `name` or `name=value`");
     }
@@ -764,6 +770,16 @@ pub fn nfs_origin_mismatch(mounted: &MountInfo, wanted: &NfsOrigin) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// fuzz/nfs_options: `"&` passed check_option, and the kernel would have read
+    /// `"&,addr=10.0.0.1` as one quoted option, dropping the driver's addr=.
+    #[test]
+    fn a_stray_quote_cannot_swallow_later_options() {
+        for option in ["\"&", "x\"", "vers=\"4.2\""] {
+            assert!(check_option(option).is_err(), "{option:?} was accepted");
+        }
+        assert!(check_option("context=\"system_u:object_r:a_t:s0:c1,c2\"").is_ok());
+    }
     use crate::config::DEFAULT_NFS_OPTIONS;
 
     fn dir() -> VolumeDir {

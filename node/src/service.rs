@@ -14,6 +14,7 @@ use crate::access_mode::{self, Published};
 use crate::config::{NodeConfig, Transport};
 use crate::error::NodeError;
 use crate::mount_spec::{self, MountSpec, NfsOrigin, StaticHandle, VolumeRef};
+use crate::mount_table::MountTable;
 use crate::stats;
 use crate::syscall_helper::Helper;
 use crate::target_path;
@@ -34,6 +35,12 @@ use tonic::{Request, Response, Status};
 
 /// How many stacked mounts an unpublish removes before giving up.
 const MAX_STACKED_MOUNTS: usize = 16;
+
+/// NodeGetStorageHealth's probes (the TCP connect to the NFS server and the statfs of
+/// one mount): longer than any live server takes, shorter than a failover, so a
+/// failover in progress shows as one. A statfs bounded by the stats timeout (10 s)
+/// blocked across a whole 9.5 s hard kill and then came back "normal" (CI, stop 16).
+const STORAGE_PROBE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct NodeService {
     config: Arc<NodeConfig>,
@@ -79,6 +86,17 @@ impl std::fmt::Display for Identity<'_> {
 
 /// The mount flags of a filesystem capability; block access is refused.
 fn mount_flags_of(capability: &VolumeCapability) -> Result<&[String], NodeError> {
+    // Without a known access mode the single-writer checks cannot apply, so such a
+    // capability is refused instead of mounted as if it allowed anything.
+    let known = capability
+        .access_mode
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .is_some_and(|m| m != Mode::Unknown);
+    if !known {
+        return Err(NodeError::Missing(
+            "volume_capability.access_mode (one of the CSI access modes)",
+        ));
+    }
     match &capability.access_type {
         Some(AccessType::Mount(mount)) => Ok(&mount.mount_flags),
         Some(AccessType::Block(_)) => Err(NodeError::BlockAccess),
@@ -104,8 +122,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|err| NodeError::io(what)(std::io::Error::other(err)))?
 }
 
-fn read_mounts() -> Result<Vec<MountInfo>, NodeError> {
-    mountinfo::read_self().map_err(NodeError::io(format!(
+/// One read of the mount table per question; a call at 2,000 mounts must not parse
+/// 2,000 lines for each (see [`crate::mount_table`]). Read in place, not off the
+/// runtime: procfs answers from memory, never from a mounted filesystem.
+fn read_mounts() -> Result<MountTable, NodeError> {
+    MountTable::read_self().map_err(NodeError::io(format!(
         "reading {}",
         mountinfo::SELF_MOUNTINFO
     )))
@@ -269,36 +290,27 @@ impl NodeService {
             .ok_or_else(|| err("no addresses".into()))
     }
 
-    /// Whether `mounted` is a mount of the volume (any access mode).
+    /// What a mount of the volume (any access mode) looks like, worked out once per
+    /// call: a scan of many mounts then only compares ([`MountOf::matches`]).
     ///
     /// Bind mounts are traced to their source through device and root. For NFS a hanfs
     /// volume's path is compared by its tail `/volumes/<dir>` only: stats and expand get
     /// no volume context, so the server and share are not known there. Stage and publish
     /// know them and also compare the server and the whole path ([`NfsOrigin`]). A static
     /// volume's whole path `<share>/<subDir>` is compared, as its tail says little.
-    fn is_mount_of(&self, table: &[MountInfo], mounted: &MountInfo, identity: Identity) -> bool {
+    fn mount_of(&self, table: &MountTable, identity: Identity) -> MountOf {
         match (&self.config.transport, identity) {
             (Transport::Local { export_root }, Identity::Exact(volume)) => {
                 let source = volume.local_source(export_root);
                 let source = std::fs::canonicalize(&source).unwrap_or(source);
-                mountinfo::origin_of(table, &source).is_some_and(|(device, root)| {
-                    mounted.device() == device
-                        && (mounted.root == root || is_deleted_form(&mounted.root, &root))
-                })
+                MountOf::Bind(table.origin_of(&source))
             }
             (Transport::Local { export_root }, Identity::AnyStatic(_)) => {
                 let root = std::fs::canonicalize(export_root).unwrap_or(export_root.clone());
-                mountinfo::origin_of(table, &root).is_some_and(|(device, root)| {
-                    mounted.device() == device
-                        && mounted.root != root
-                        && mounted.root.starts_with(&root)
-                })
+                MountOf::BindBelow(table.origin_of(&root))
             }
             (Transport::Nfs { .. }, Identity::Exact(VolumeRef::Hanfs(id))) => {
-                mounted.is_nfs()
-                    && mount_spec::nfs_source_path(&mounted.source).is_some_and(|path| {
-                        Path::new(path).ends_with(Path::new("volumes").join(&id.dir))
-                    })
+                MountOf::NfsTail(Path::new("volumes").join(&id.dir))
             }
             (
                 Transport::Nfs {
@@ -307,18 +319,13 @@ impl NodeService {
                     ..
                 },
                 Identity::Exact(volume @ VolumeRef::Static(_)),
-            ) => {
-                let Ok(location) =
-                    volume.nfs_location(&HashMap::new(), default_server.as_deref(), default_share)
-                else {
-                    return false;
-                };
-                let wanted = volume.nfs_path(&location);
-                mounted.is_nfs()
-                    && mount_spec::nfs_source_path(&mounted.source)
-                        .is_some_and(|path| Path::new(path) == Path::new(&wanted))
-            }
-            (Transport::Nfs { .. }, Identity::AnyStatic(_)) => mounted.is_nfs(),
+            ) => MountOf::NfsPath(
+                volume
+                    .nfs_location(&HashMap::new(), default_server.as_deref(), default_share)
+                    .ok()
+                    .map(|location| volume.nfs_path(&location)),
+            ),
+            (Transport::Nfs { .. }, Identity::AnyStatic(_)) => MountOf::AnyNfs,
         }
     }
 
@@ -357,11 +364,11 @@ impl NodeService {
         };
         let canonical = self.lookup_path(path).await.ok_or_else(not_mounted)?;
         let table = read_mounts()?;
-        match mountinfo::topmost_at(&table, &canonical) {
+        match table.topmost_at(&canonical) {
             Some(mounted)
-                if self.is_mount_of(&table, mounted, identity)
+                if self.mount_of(&table, identity).matches(&mounted)
                     && origin
-                        .is_none_or(|o| mount_spec::nfs_origin_mismatch(mounted, o).is_none()) =>
+                        .is_none_or(|o| mount_spec::nfs_origin_mismatch(&mounted, o).is_none()) =>
             {
                 Ok(canonical)
             }
@@ -382,10 +389,11 @@ impl NodeService {
             path => self.lookup_path(path).await,
         };
         let table = read_mounts()?;
+        let mount_of = self.mount_of(&table, Identity::Exact(volume));
         Ok(table
-            .iter()
+            .parsed()
             .filter(|m| m.mount_point != target && Some(&m.mount_point) != staging.as_ref())
-            .filter(|m| self.is_mount_of(&table, m, Identity::Exact(volume)))
+            .filter(|m| mount_of.matches(m))
             .map(|m| Published {
                 target: m.mount_point.clone(),
                 read_only: m.mount_read_only(),
@@ -517,8 +525,11 @@ impl NodeService {
             tracing::info!(ignored = ?spec.ignored, "mount options without meaning for this transport");
         }
         let table = read_mounts()?;
-        if let Some(mounted) = mountinfo::topmost_at(&table, target) {
-            if !self.is_mount_of(&table, mounted, Identity::Exact(volume)) {
+        if let Some(mounted) = table.topmost_at(target) {
+            if !self
+                .mount_of(&table, Identity::Exact(volume))
+                .matches(&mounted)
+            {
                 return Err(NodeError::MountedDifferently {
                     target: target.to_owned(),
                     detail: format!(
@@ -528,7 +539,8 @@ impl NodeService {
                     ),
                 });
             }
-            if let Some(detail) = origin.and_then(|o| mount_spec::nfs_origin_mismatch(mounted, o)) {
+            if let Some(detail) = origin.and_then(|o| mount_spec::nfs_origin_mismatch(&mounted, o))
+            {
                 return Err(NodeError::MountedDifferently {
                     target: target.to_owned(),
                     detail: format!("{volume} is {detail}"),
@@ -581,8 +593,9 @@ impl NodeService {
             return Ok(());
         };
         let table = read_mounts()?;
-        let inside = mountinfo::topmost_at(&table, target).is_some_and(|mounted| {
-            self.is_mount_of(&table, mounted, Identity::AnyStatic(&v.handle))
+        let inside = table.topmost_at(target).is_some_and(|mounted| {
+            self.mount_of(&table, Identity::AnyStatic(&v.handle))
+                .matches(&mounted)
         });
         if inside {
             return Ok(());
@@ -611,8 +624,7 @@ impl NodeService {
     /// Unmounts every mount stacked at `target`.
     async fn unmount_all(&self, target: &Path) -> Result<(), NodeError> {
         for _ in 0..MAX_STACKED_MOUNTS {
-            let table = read_mounts()?;
-            let Some(mounted) = mountinfo::topmost_at(&table, target) else {
+            let Some(mounted) = read_mounts()?.topmost_at(target) else {
                 return Ok(());
             };
             tracing::info!(source = %mounted.source, "unmounting");
@@ -620,7 +632,7 @@ impl NodeService {
                 .unmount_with_fallback(target, self.config.mount_timeout)
                 .await?;
         }
-        match mountinfo::topmost_at(&read_mounts()?, target) {
+        match read_mounts()?.topmost_at(target) {
             None => Ok(()),
             Some(_) => Err(NodeError::StillMounted {
                 target: target.to_owned(),
@@ -707,13 +719,16 @@ impl NodeService {
         }
         if req.volume_publish_path.is_empty() && req.staging_target_path.is_empty() {
             let table = read_mounts()?;
+            let mount_of = self.mount_of(&table, identity);
             mounts = table
-                .iter()
-                .filter(|m| self.is_mount_of(&table, m, identity))
-                .map(|m| m.mount_point.clone())
+                .parsed()
+                .filter(|m| mount_of.matches(m))
+                .map(|m| m.mount_point)
                 .collect();
         }
-        let mut findings = self.probe_mounts(&mounts).await?;
+        let mut findings = self
+            .probe_mounts(&mounts, self.config.stats_timeout)
+            .await?;
         match &self.config.transport {
             Transport::Local { export_root } => {
                 let source = volume.local_source(export_root);
@@ -772,7 +787,9 @@ impl NodeService {
                 mounts.push(canonical);
             }
         }
-        let mut findings = self.probe_mounts(&mounts).await?;
+        let mut findings = self
+            .probe_mounts(&mounts, self.config.stats_timeout)
+            .await?;
         if mounts.is_empty()
             && let Some(f) = self.server_finding().await
         {
@@ -787,8 +804,11 @@ impl NodeService {
     }
 
     /// A statfs of each mount in the helper, each bounded by the stats timeout.
-    async fn probe_mounts(&self, mounts: &[PathBuf]) -> Result<Vec<Finding>, NodeError> {
-        let timeout = self.config.stats_timeout;
+    async fn probe_mounts(
+        &self,
+        mounts: &[PathBuf],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Finding>, NodeError> {
         let mut findings = Vec::new();
         for mount in mounts {
             if let Err(err) = self.helper.statfs(mount, timeout).await {
@@ -831,6 +851,10 @@ impl NodeService {
                 let server = default_server.as_deref()?;
                 let port = nfs_port(options);
                 let target = format!("{server}:{port}");
+                // A live server's kernel answers a connect in milliseconds; waiting the
+                // stats bound (10 s) hid a whole hard-kill failover (~9 s here) behind
+                // one slow "reachable".
+                let timeout = timeout.min(STORAGE_PROBE_BOUND);
                 let connect = tokio::net::TcpStream::connect((server, port));
                 Some(match tokio::time::timeout(timeout, connect).await {
                     Ok(Ok(_)) => StorageProbe::Reachable,
@@ -864,13 +888,8 @@ impl NodeService {
     /// new active does), and whether the volumes mounted here answer (one statfs of
     /// one hanfs mount: they share one NFS client, so one hung is all hung).
     async fn storage_health(&self) -> Result<NodeGetStorageHealthResponse, NodeError> {
-        let server = self
-            .probe_storage()
-            .await
-            .unwrap_or(StorageProbe::Reachable);
-        let table = read_mounts()?;
-        let sample = table
-            .iter()
+        let sample = read_mounts()?
+            .parsed()
             .find(|m| match &self.config.transport {
                 // A hanfs volume (`<share>/volumes/<dir>`), not any NFS mount.
                 Transport::Nfs { .. } => {
@@ -881,11 +900,23 @@ impl NodeService {
                 // Bind mounts of a local directory: the export-root probe says it all.
                 Transport::Local { .. } => false,
             })
-            .map(|m| m.mount_point.clone());
-        let mounts = match sample {
-            Some(mount) => self.probe_mounts(&[mount]).await?.into_iter().next(),
-            None => None,
+            .map(|m| m.mount_point);
+        // Both at once, both short: the answer says how things stand now, not what
+        // a call that waited out a failover saw at its end.
+        let mount_bound = self.config.stats_timeout.min(STORAGE_PROBE_BOUND);
+        let mount_probe = async {
+            match sample {
+                Some(mount) => Ok(self
+                    .probe_mounts(&[mount], mount_bound)
+                    .await?
+                    .into_iter()
+                    .next()),
+                None => Ok::<_, NodeError>(None),
+            }
         };
+        let (server, mounts) = tokio::join!(self.probe_storage(), mount_probe);
+        let server = server.unwrap_or(StorageProbe::Reachable);
+        let mounts = mounts?;
         let backend_health = volume_health::storage_entries(&server, mounts.as_ref());
         if !backend_health.is_empty() {
             tracing::warn!(?backend_health, "storage not healthy from this node");
@@ -899,6 +930,17 @@ impl NodeService {
     ) -> Result<NodeExpandVolumeResponse, NodeError> {
         let volume_id = required("volume_id", &req.volume_id)?;
         let path = required("volume_path", &req.volume_path)?;
+        // Nothing to grow here (the quota grows on the server), but a range no size can
+        // meet is still the caller's mistake.
+        if let Some(range) = &req.capacity_range
+            && (range.required_bytes < 0
+                || range.limit_bytes < 0
+                || (range.limit_bytes > 0 && range.required_bytes > range.limit_bytes))
+        {
+            return Err(NodeError::Missing(
+                "capacity_range with non-negative sizes and required_bytes <= limit_bytes",
+            ));
+        }
         if let Some(VolumeCapability {
             access_type: Some(AccessType::Block(_)),
             ..
@@ -919,6 +961,48 @@ impl NodeService {
         Ok(NodeExpandVolumeResponse {
             capacity_bytes: req.capacity_range.map(|r| r.required_bytes).unwrap_or(0),
         })
+    }
+}
+
+/// What a mount of one volume looks like ([`NodeService::mount_of`]).
+enum MountOf {
+    /// Local: a bind mount of exactly this device and directory (`None`: the volume's
+    /// directory is on no mount, so nothing is a mount of it).
+    Bind(Option<(String, PathBuf)>),
+    /// Local, static: a bind mount of a directory strictly below this one.
+    BindBelow(Option<(String, PathBuf)>),
+    /// NFS, hanfs volume: an NFS mount whose server path ends in `volumes/<dir>`.
+    NfsTail(PathBuf),
+    /// NFS, static volume: an NFS mount of exactly this server path.
+    NfsPath(Option<String>),
+    /// NFS, static volume known by its handle only: any NFS mount.
+    AnyNfs,
+}
+
+impl MountOf {
+    fn matches(&self, mounted: &MountInfo) -> bool {
+        match self {
+            MountOf::Bind(origin) => origin.as_ref().is_some_and(|(device, root)| {
+                mounted.device() == *device
+                    && (mounted.root == *root || is_deleted_form(&mounted.root, root))
+            }),
+            MountOf::BindBelow(origin) => origin.as_ref().is_some_and(|(device, root)| {
+                mounted.device() == *device
+                    && mounted.root != *root
+                    && mounted.root.starts_with(root)
+            }),
+            MountOf::NfsTail(tail) => {
+                mounted.is_nfs()
+                    && mount_spec::nfs_source_path(&mounted.source)
+                        .is_some_and(|path| Path::new(path).ends_with(tail))
+            }
+            MountOf::NfsPath(wanted) => wanted.as_ref().is_some_and(|wanted| {
+                mounted.is_nfs()
+                    && mount_spec::nfs_source_path(&mounted.source)
+                        .is_some_and(|path| Path::new(path) == Path::new(wanted))
+            }),
+            MountOf::AnyNfs => mounted.is_nfs(),
+        }
     }
 }
 

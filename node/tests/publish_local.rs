@@ -508,8 +508,9 @@ async fn identity_and_node_info() {
         .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
         .await
         .unwrap();
-    // The plugin as a whole has a controller; the node socket says so too.
-    assert_eq!(caps.into_inner().capabilities.len(), 2);
+    // The plugin as a whole has a controller and a group controller; the node socket
+    // says so too.
+    assert_eq!(caps.into_inner().capabilities.len(), 3);
 
     let info = f
         .node
