@@ -3,6 +3,7 @@
 use crate::local::Sockets;
 use crate::size;
 use clap::Subcommand;
+use common::credentials::{self, ClientTls};
 use common::endpoint::{Endpoint, connect_lazy};
 use proto::backend::v1 as be;
 use proto::csi::v1 as csi;
@@ -271,6 +272,53 @@ pub async fn snapshot(sockets: &Sockets, command: SnapshotCommand) -> Result<(),
     Ok(())
 }
 
+/// Whether the controller publishes volumes to nodes (per-node export ACLs).
+async fn controller_publishes(controller: &mut ControllerClient<Channel>) -> Result<bool, Error> {
+    use csi::controller_service_capability::{Type, rpc::Type as Rpc};
+    let caps = controller
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .map_err(described)?
+        .into_inner()
+        .capabilities;
+    Ok(caps.iter().any(|c| {
+        matches!(&c.r#type, Some(Type::Rpc(r)) if r.r#type == Rpc::PublishUnpublishVolume as i32)
+    }))
+}
+
+/// As the CO's attacher does before kubelet mounts: ControllerPublishVolume of the
+/// volume to the node plugin's own node id (NodeGetInfo), when the controller
+/// advertises it. Returns that node id, or None when the controller does not publish.
+async fn controller_publish(
+    sockets: &Sockets,
+    node: &mut NodeClient<Channel>,
+    volume_id: &str,
+    readonly: bool,
+) -> Result<Option<String>, Error> {
+    let mut controller = ControllerClient::new(channel(&sockets.controller)?);
+    if !controller_publishes(&mut controller).await? {
+        return Ok(None);
+    }
+    let node_id = node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .map_err(described)?
+        .into_inner()
+        .node_id;
+    controller
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: volume_id.to_owned(),
+            node_id: node_id.clone(),
+            volume_capability: Some(capability()),
+            readonly,
+            ..Default::default()
+        })
+        .await
+        .map_err(described)?;
+    println!("{volume_id} published to node {node_id}");
+    Ok(Some(node_id))
+}
+
 pub async fn publish(
     sockets: &Sockets,
     volume_id: &str,
@@ -281,6 +329,7 @@ pub async fn publish(
 ) -> Result<(), Error> {
     let volume_context = volume_context(context)?;
     let mut node = NodeClient::new(channel(&sockets.node)?);
+    controller_publish(sockets, &mut node, volume_id, readonly).await?;
     let staging_target_path = match staging {
         Some(staging) => {
             let staging = absolute(staging)?;
@@ -340,6 +389,25 @@ pub async fn unpublish(
         .map_err(described)?;
         println!("{volume_id} unstaged from {}", staging.display());
     }
+    // Last, as the CO's attacher does once the node has let go.
+    let mut controller = ControllerClient::new(channel(&sockets.controller)?);
+    if controller_publishes(&mut controller).await? {
+        let node_id = node
+            .node_get_info(csi::NodeGetInfoRequest {})
+            .await
+            .map_err(described)?
+            .into_inner()
+            .node_id;
+        controller
+            .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                volume_id: volume_id.to_owned(),
+                node_id: node_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(described)?;
+        println!("{volume_id} unpublished from node {node_id}");
+    }
     Ok(())
 }
 
@@ -378,6 +446,25 @@ pub async fn stats(sockets: &Sockets, volume_id: &str, target: &Path) -> Result<
     Ok(())
 }
 
+pub async fn storage_health(sockets: &Sockets) -> Result<(), Error> {
+    let mut node = NodeClient::new(channel(&sockets.node)?);
+    let response = node
+        .node_get_storage_health(csi::NodeGetStorageHealthRequest::default())
+        .await
+        .map_err(described)?
+        .into_inner();
+    if response.backend_health.is_empty() {
+        println!("storage: normal");
+    }
+    for entry in response.backend_health {
+        let status = csi::StorageHealthErrorType::try_from(entry.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("UNKNOWN");
+        println!("storage: {status} {} ({})", entry.reason, entry.message);
+    }
+    Ok(())
+}
+
 /// `health: normal`, or one line per adverse condition (CSI v1.13 VolumeHealth).
 fn print_health(health: Option<csi::VolumeHealth>) {
     let statuses = health.map(|h| h.health_statuses).unwrap_or_default();
@@ -392,17 +479,54 @@ fn print_health(health: Option<csi::VolumeHealth>) {
     }
 }
 
-pub async fn status(sockets: &Sockets) -> Result<(), Error> {
-    let mut backend = be::volumes_client::VolumesClient::new(channel(&sockets.backend)?);
+/// How `status` reaches the backend volume API: plaintext on local mode's socket, mutual
+/// TLS (and the token, when the backend wants one) at a storage server's VIP.
+#[derive(Clone, Default)]
+pub struct BackendAccess {
+    pub token: Option<String>,
+    pub tls: Option<ClientTls>,
+}
+
+impl tonic::service::Interceptor for BackendAccess {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.token {
+            let mut value: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {token}").parse().map_err(|_| {
+                    tonic::Status::invalid_argument(
+                        "the token file holds characters not allowed in a header",
+                    )
+                })?;
+            value.set_sensitive(true);
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+/// A refused TLS handshake is spelled out with what to fix.
+fn described_backend(status: tonic::Status) -> Error {
+    format!("{:?}: {}", status.code(), credentials::explain(&status)).into()
+}
+
+pub async fn status(sockets: &Sockets, access: &BackendAccess) -> Result<(), Error> {
+    let channel = credentials::connect_lazy(
+        &sockets.backend,
+        access.tls.as_ref(),
+        "the backend volume API (--backend)",
+    )?;
+    let mut backend = be::volumes_client::VolumesClient::with_interceptor(channel, access.clone());
     let status = backend
         .status(be::StatusRequest {})
         .await
-        .map_err(described)?
+        .map_err(described_backend)?
         .into_inner();
     let capacity = backend
         .get_capacity(be::GetCapacityRequest {})
         .await
-        .map_err(described)?
+        .map_err(described_backend)?
         .into_inner();
     println!("export:     {} ({})", status.export_root, status.filesystem);
     println!(

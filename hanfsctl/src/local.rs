@@ -52,6 +52,14 @@ impl Sockets {
         }
         Ok(self)
     }
+
+    /// Replaces the backend endpoint (`status` against a storage server's VIP).
+    pub fn with_backend(mut self, backend: Option<&str>) -> Result<Self, Error> {
+        if let Some(text) = backend {
+            self.backend = Endpoint::parse(text).map_err(|e| format!("--backend {text:?}: {e}"))?;
+        }
+        Ok(self)
+    }
 }
 
 fn socket_path(endpoint: &Endpoint) -> &Path {
@@ -177,6 +185,10 @@ pub async fn up(dir: &Path, cluster_id: &str, bin_dir: Option<PathBuf>) -> Resul
                 cluster_id.into(),
                 "--node-id".into(),
                 "local".into(),
+                // Local mode's node id `local@127.0.0.1`: ControllerPublish records it
+                // (no nfsd here, so nothing is exported; the node bind-mounts).
+                "--node-address".into(),
+                "127.0.0.1".into(),
                 "--transport".into(),
                 "local".into(),
                 "--local-export-root".into(),

@@ -33,6 +33,17 @@ struct Cli {
     /// socket under --dir).
     #[arg(long, global = true, env = "HANFS_NODE_ENDPOINT")]
     node: Option<String>,
+    /// The backend volume API `status` asks, e.g. tcp://10.0.0.100:9820 (default: local
+    /// mode's socket under --dir). On TCP it needs --tls-ca/--tls-cert/--tls-key.
+    #[arg(long, global = true, env = "HANFS_BACKEND")]
+    backend: Option<String>,
+    /// File holding the backend's bearer token, when it wants one.
+    #[arg(long, global = true, env = "HANFS_BACKEND_TOKEN_FILE")]
+    backend_token_file: Option<PathBuf>,
+    /// Mutual TLS to the backend: its CA, and a client certificate and key from the
+    /// installation's CA (the chart's `<release>-tls` Secret holds one).
+    #[command(flatten)]
+    tls: common::credentials::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +90,9 @@ enum Command {
     },
     /// Usage and health of a mounted volume (CSI NodeGetVolumeStats).
     Stats { volume_id: String, target: PathBuf },
+    /// Whether the node plugin reaches the storage right now (CSI NodeGetStorageHealth):
+    /// `storage: normal` or one line per problem; a failover in progress shows here.
+    StorageHealth,
     /// Backend state: filesystem, quota and reflink support, capacity, counts.
     Status,
 }
@@ -93,13 +107,33 @@ enum LocalCommand {
     },
 }
 
+fn backend_access(cli: &Cli) -> Result<calls::BackendAccess, Box<dyn std::error::Error>> {
+    use common::credentials::{ClientTls, read_optional_token};
+    Ok(calls::BackendAccess {
+        token: read_optional_token(cli.backend_token_file.as_deref())?,
+        tls: cli
+            .tls
+            .files()
+            .map(|files| ClientTls::load(&files, None))
+            .transpose()?,
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     let sockets = match local::Sockets::under(&cli.dir)
         .with_overrides(cli.controller.as_deref(), cli.node.as_deref())
+        .and_then(|sockets| sockets.with_backend(cli.backend.as_deref()))
     {
         Ok(sockets) => sockets,
+        Err(error) => {
+            eprintln!("hanfsctl: {error}");
+            std::process::exit(2);
+        }
+    };
+    let access = match backend_access(&cli) {
+        Ok(access) => access,
         Err(error) => {
             eprintln!("hanfsctl: {error}");
             std::process::exit(2);
@@ -134,7 +168,8 @@ async fn main() {
             staging,
         } => calls::unpublish(&sockets, &volume_id, &target, staging.as_deref()).await,
         Command::Stats { volume_id, target } => calls::stats(&sockets, &volume_id, &target).await,
-        Command::Status => calls::status(&sockets).await,
+        Command::StorageHealth => calls::storage_health(&sockets).await,
+        Command::Status => calls::status(&sockets, &access).await,
     };
     if let Err(error) = result {
         eprintln!("hanfsctl: {error}");
