@@ -4,6 +4,8 @@
 //! and from async tests; every wait is bounded and every started process is stopped on
 //! drop, also when a test panics.
 //!
+//! - [`certs`]: a throwaway PKI (CA, server and client certificates, expired ones) for
+//!   the mutual-TLS tests and the VM cluster.
 //! - [`cmd`]: run one external command with stdin closed, a timeout, and exit status plus
 //!   stderr in the error.
 //! - [`process`]: [`process::Supervised`], a long-running child in its own process group,
@@ -23,6 +25,7 @@
 //!
 //! Needs root (`ip netns`), `ip`, `curl`, `openssl`, and Go for the first build.
 
+pub mod certs;
 pub mod cmd;
 pub mod csi_sidecars;
 pub mod kube;

@@ -34,6 +34,7 @@ const NS: &str = "default";
 const STORAGE_CLASS: &str = "hanfs";
 const SNAPSHOT_CLASS: &str = "hanfs-snap";
 const ARCHIVE_CLASS: &str = "hanfs-archive";
+const GROUP_CLASS: &str = "hanfs-group";
 /// Bound on one wait for the cluster to act (provision, bind, resize, snapshot, delete).
 const FLOW_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
@@ -471,6 +472,29 @@ fn csi_api_flows_against_real_kubernetes_components() {
         })
         .expect("CRD established");
     }
+    for crd in [
+        "volumegroupsnapshots",
+        "volumegroupsnapshotcontents",
+        "volumegroupsnapshotclasses",
+    ] {
+        let path = format!(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}.groupsnapshot.storage.k8s.io"
+        );
+        bare.wait(&format!("CRD {crd} Established"), &[], || {
+            let obj = bare.get(&path)?;
+            let established = obj["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Established" && c["status"] == "True");
+            if established {
+                Ok(())
+            } else {
+                Err("not established".into())
+            }
+        })
+        .expect("group snapshot CRD established");
+    }
 
     let common = |extra: &[&str]| -> Vec<String> {
         let mut args = vec![format!("--kubeconfig={kubeconfig}"), "--v=4".to_owned()];
@@ -507,9 +531,17 @@ fn csi_api_flows_against_real_kubernetes_components() {
                 "--extra-create-metadata",
                 "--timeout=30s",
                 "--retry-interval-max=5s",
+                // GA and on by default in v8.7; explicit, as in the chart.
+                "--feature-gates=CSIVolumeGroupSnapshot=true",
             ]),
         ),
-        ("snapshot-controller", common(&["--retry-interval-max=5s"])),
+        (
+            "snapshot-controller",
+            common(&[
+                "--retry-interval-max=5s",
+                "--feature-gates=CSIVolumeGroupSnapshot=true",
+            ]),
+        ),
     ];
     let mut sidecars = Vec::new();
     for (name, args) in &sidecar_specs {
@@ -564,13 +596,20 @@ fn csi_api_flows_against_real_kubernetes_components() {
                "driverName": DRIVER, "parameters": {"onDelete": "archive"}}),
     )
     .expect("VolumeAttributesClass");
+    c.create(
+        "/apis/groupsnapshot.storage.k8s.io/v1/volumegroupsnapshotclasses",
+        json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1", "kind": "VolumeGroupSnapshotClass",
+               "metadata": {"name": GROUP_CLASS},
+               "driver": DRIVER, "deletionPolicy": "Delete"}),
+    )
+    .expect("VolumeGroupSnapshotClass");
     report(&format!(
         "kube-flows: setup {:.1} s (apiserver + controller-manager ready in {:.1} s)",
         t_setup.elapsed().as_secs_f64(),
         api.startup_time().as_secs_f64()
     ));
 
-    let flows: [Flow; 7] = [
+    let flows: [Flow; 8] = [
         ("a", "StorageClass + PVC -> PV, Bound", flow_provision),
         ("b", "PVC resize -> volume expanded", flow_resize),
         ("c", "VolumeSnapshot -> readyToUse", flow_snapshot),
@@ -585,6 +624,11 @@ fn csi_api_flows_against_real_kubernetes_components() {
             "g",
             "static PV adopting a directory -> Bound, published",
             flow_static,
+        ),
+        (
+            "h",
+            "VolumeGroupSnapshot of two labelled PVCs -> readyToUse, a member restored",
+            flow_group_snapshot,
         ),
     ];
     let (mut passed, mut failed) = (0, Vec::new());
@@ -989,4 +1033,167 @@ fn flow_static(c: &Cluster) -> Outcome {
             target.display()
         )),
     }
+}
+
+const GROUP_PVCS: [&str; 2] = ["group-1", "group-2"];
+const GROUP_SNAP: &str = "group-snap";
+const FROM_GROUP: &str = "from-group";
+
+/// (h) Two PVCs labelled `app: grouped` (each with its own file), a VolumeGroupSnapshot
+/// selecting them by label: the real snapshot-controller and csi-snapshotter drive
+/// CreateVolumeGroupSnapshot, the group becomes readyToUse with one member
+/// VolumeSnapshot per PVC (each carrying the group's handle), and a PVC restored from
+/// the second PVC's member holds that PVC's file.
+fn flow_group_snapshot(c: &Cluster) -> Outcome {
+    let mut dirs = Vec::new();
+    for name in GROUP_PVCS {
+        c.create(
+            &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims"),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": name, "labels": {"app": "grouped"}},
+                   "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": STORAGE_CLASS,
+                            "resources": {"requests": {"storage": (64 * MI).to_string()}}}}),
+        )?;
+    }
+    for name in GROUP_PVCS {
+        let (_, pv) = c.wait_bound(name, &["csi-provisioner", "kube-controller-manager"])?;
+        let (_, dir) = c.volume_dir(&pv)?;
+        fs::write(dir.join(MARKER), format!("written into {name}\n"))
+            .map_err(|e| format!("writing {name}'s marker: {e}"))?;
+        dirs.push(dir);
+    }
+    c.create(
+        &format!("/apis/groupsnapshot.storage.k8s.io/v1/namespaces/{NS}/volumegroupsnapshots"),
+        json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1", "kind": "VolumeGroupSnapshot",
+               "metadata": {"name": GROUP_SNAP},
+               "spec": {"volumeGroupSnapshotClassName": GROUP_CLASS,
+                        "source": {"selector": {"matchLabels": {"app": "grouped"}}}}}),
+    )?;
+    let path = format!(
+        "/apis/groupsnapshot.storage.k8s.io/v1/namespaces/{NS}/volumegroupsnapshots/{GROUP_SNAP}"
+    );
+    let group = c.wait(
+        "VolumeGroupSnapshot readyToUse",
+        &["snapshot-controller", "csi-snapshotter", "hanfs"],
+        || {
+            let group = c.get(&path)?;
+            if group["status"]["readyToUse"] == true {
+                Ok(group)
+            } else {
+                Err(format!("status {}", group["status"]))
+            }
+        },
+    )?;
+    let content_name = group["status"]["boundVolumeGroupSnapshotContentName"]
+        .as_str()
+        .ok_or("no boundVolumeGroupSnapshotContentName")?;
+    let content = c.get(&format!(
+        "/apis/groupsnapshot.storage.k8s.io/v1/volumegroupsnapshotcontents/{content_name}"
+    ))?;
+    let group_handle = content["status"]["volumeGroupSnapshotHandle"]
+        .as_str()
+        .ok_or("group content has no volumeGroupSnapshotHandle")?
+        .to_owned();
+    let group_name = group_handle
+        .strip_prefix(&format!("g1/{CLUSTER}/"))
+        .ok_or_else(|| format!("group handle {group_handle:?}"))?;
+    if !c
+        .hanfs
+        .export()
+        .join(".hanfs/meta/groups")
+        .join(format!("{group_name}.json"))
+        .is_file()
+    {
+        return Err(format!("hanfs has no record of group {group_name}"));
+    }
+
+    // The members: VolumeSnapshots the snapshot-controller made for the group, each
+    // ready, each pointing at a hanfs snapshot of one of the two volumes.
+    let members = c.wait(
+        "two member VolumeSnapshots readyToUse",
+        &["snapshot-controller", "csi-snapshotter"],
+        || {
+            let list = c.get(&format!(
+                "/apis/snapshot.storage.k8s.io/v1/namespaces/{NS}/volumesnapshots"
+            ))?;
+            let members: Vec<Value> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["status"]["volumeGroupSnapshotName"] == GROUP_SNAP)
+                .cloned()
+                .collect();
+            let ready = members
+                .iter()
+                .filter(|s| s["status"]["readyToUse"] == true)
+                .count();
+            if members.len() == 2 && ready == 2 {
+                Ok(members)
+            } else {
+                Err(format!("{} members, {ready} ready", members.len()))
+            }
+        },
+    )?;
+    let mut source_of = Vec::new();
+    for member in &members {
+        let content_name = member["status"]["boundVolumeSnapshotContentName"]
+            .as_str()
+            .ok_or("member has no boundVolumeSnapshotContentName")?;
+        let content = c.get(&format!(
+            "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content_name}"
+        ))?;
+        let handle = content["status"]["snapshotHandle"]
+            .as_str()
+            .ok_or("member content has no snapshotHandle")?;
+        let name = handle
+            .strip_prefix(&format!("s1/{CLUSTER}/"))
+            .ok_or_else(|| format!("member handle {handle:?}"))?;
+        let record_path = c
+            .hanfs
+            .export()
+            .join(".hanfs/meta/snapshots")
+            .join(format!("{name}.json"));
+        let record: Value = serde_json::from_str(
+            &fs::read_to_string(&record_path)
+                .map_err(|e| format!("{}: {e}", record_path.display()))?,
+        )
+        .map_err(|e| format!("{}: {e}", record_path.display()))?;
+        if record["group"] != group_name {
+            return Err(format!("member {name} records group {}", record["group"]));
+        }
+        let source = record["source_volume"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        source_of.push((
+            member["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            source,
+        ));
+    }
+    let second_dir = dirs[1].file_name().unwrap().to_string_lossy().into_owned();
+    let (member_snap, _) = source_of
+        .iter()
+        .find(|(_, source)| *source == second_dir)
+        .ok_or_else(|| format!("no member of {second_dir}: {source_of:?}"))?;
+
+    c.create_pvc(
+        FROM_GROUP,
+        64 * MI,
+        Some(json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": member_snap})),
+    )?;
+    let (_, pv) = c.wait_bound(FROM_GROUP, &["csi-provisioner", "hanfs"])?;
+    let (_, dir) = c.volume_dir(&pv)?;
+    let text = fs::read_to_string(dir.join(MARKER))
+        .map_err(|e| format!("{}: {e}", dir.join(MARKER).display()))?;
+    let want = format!("written into {}\n", GROUP_PVCS[1]);
+    if text != want {
+        return Err(format!("restored member holds {text:?}, not {want:?}"));
+    }
+    Ok(format!(
+        "group {group_handle} readyToUse, members {source_of:?}, {FROM_GROUP} restored from {member_snap} with {}'s data",
+        GROUP_PVCS[1]
+    ))
 }
