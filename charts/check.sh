@@ -118,14 +118,14 @@ fi
 
 kinds() { grep '^kind:' "$1" | awk '{print $2}' | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}'; }
 expect "minimal: objects rendered" "$(kinds "$min_yaml")" \
-    "CSIDriver=1 ClusterRole=3 ClusterRoleBinding=3 DaemonSet=1 Deployment=1 PersistentVolumeClaim=1 Pod=1 Role=2 RoleBinding=2 Secret=2 ServiceAccount=3 StorageClass=1 VolumeAttributesClass=1 "
+    "CSIDriver=1 ClusterRole=4 ClusterRoleBinding=4 DaemonSet=1 Deployment=1 PersistentVolumeClaim=1 Pod=1 Role=2 RoleBinding=2 Secret=4 ServiceAccount=3 StorageClass=1 VolumeAttributesClass=1 "
 expect "full: objects rendered" "$(kinds "$full_yaml")" \
     "CSIDriver=1 ClusterRole=4 ClusterRoleBinding=4 ConfigMap=1 DaemonSet=2 Deployment=1 PersistentVolumeClaim=1 Pod=1 Role=2 RoleBinding=2 ServiceAccount=3 StorageClass=2 VolumeAttributesClass=2 VolumeSnapshotClass=1 "
 
 containers() { docs "$2" "$3" <"$1" | py '[c["name"] for c in o[0]["spec"]["template"]["spec"]["containers"]]'; }
 args_of() { docs "$2" "$3" <"$1" | py "[c for c in o[0]['spec']['template']['spec']['containers'] if c['name'] == '$4'][0]['args']"; }
-expect "minimal: controller containers (no attacher)" "$(containers "$min_yaml" Deployment hanfs-controller)" \
-    '["hanfs-controller", "csi-provisioner", "csi-resizer", "csi-snapshotter"]'
+expect "minimal: controller containers (attacher on by default: per-node export ACLs)" "$(containers "$min_yaml" Deployment hanfs-controller)" \
+    '["hanfs-controller", "csi-provisioner", "csi-resizer", "csi-snapshotter", "csi-attacher"]'
 expect "full: controller containers (attacher on)" "$(containers "$full_yaml" Deployment hanfs-controller)" \
     '["hanfs-controller", "csi-provisioner", "csi-resizer", "csi-snapshotter", "csi-attacher"]'
 expect "minimal: node containers (self-registration)" "$(containers "$min_yaml" DaemonSet hanfs-node)" '["hanfs-node"]'
@@ -170,6 +170,32 @@ expect "full: agent.json per storage node, node/peer swapped" "$agent_files" \
     '[["agent-storage-a.json", "storage-a", "storage-b", "/etc/hanfs/token/token", "0.0.0.0:9821"], ["agent-storage-b.json", "storage-b", "storage-a", "/etc/hanfs/token/token", "0.0.0.0:9821"]]'
 expect "full: token Secret not rendered (existingSecret)" "$(docs Secret <"$full_yaml" | py '[s["type"] for s in o]')" '[]'
 expect "minimal: a generated 48-character token" "$(docs Secret <"$min_yaml" | py '[len(__import__("base64").b64decode(s["data"]["token"])) for s in o if s["type"] == "Opaque"]')" '[48]'
+# Mutual TLS: generated (minimal) — a server certificate naming the VIP and a client
+# certificate, both verifying against the one CA in both Secrets; from Secrets (full).
+tls_dir=$work/tls
+mkdir -p "$tls_dir"
+for side in client server; do
+    for key in ca.crt tls.crt tls.key; do
+        docs Secret "hanfs-tls-$side" <"$min_yaml" | py "o[0]['data']['$key']" | base64 -d >"$tls_dir/$side-$key" 2>/dev/null || true
+    done
+done
+expect "minimal: both TLS Secrets carry the same CA" "$(cmp -s "$tls_dir/client-ca.crt" "$tls_dir/server-ca.crt" && echo same)" same
+verified() { openssl verify -CAfile "$tls_dir/server-ca.crt" "$tls_dir/$1-tls.crt" 2>&1 | tail -n 1; }
+expect "minimal: generated certificates verify against the CA" "$(verified server) $(verified client)" \
+    "$tls_dir/server-tls.crt: OK $tls_dir/client-tls.crt: OK"
+expect "minimal: the server certificate names the VIP" \
+    "$(openssl x509 -in "$tls_dir/server-tls.crt" -noout -ext subjectAltName 2>&1 | tail -n 1 | tr -d ' ')" "IPAddress:10.0.0.100"
+a=$(args_of "$min_yaml" Deployment hanfs-controller hanfs-controller)
+case $a in
+*'"--tls-ca=/etc/hanfs/tls/ca.crt"'*'"--tls-cert=/etc/hanfs/tls/tls.crt"'*'"--tls-key=/etc/hanfs/tls/tls.key"'*) pass "minimal: controller presents its client certificate" ;;
+*) fail "minimal: controller TLS args" "$a" ;;
+esac
+tls_secrets() { docs "$2" "$3" <"$1" | py '[v["secret"]["secretName"] for v in o[0]["spec"]["template"]["spec"]["volumes"] if v["name"] == "backend-tls"]'; }
+expect "TLS Secrets mounted: controller (minimal, full), agent (full)" \
+    "$(tls_secrets "$min_yaml" Deployment hanfs-controller) $(tls_secrets "$full_yaml" Deployment hanfs-controller) $(tls_secrets "$full_yaml" DaemonSet hanfs-agent)" \
+    '["hanfs-tls-client"] ["hanfs-tls-controller"] ["hanfs-tls-storage"]'
+expect "full: agent.json's volume_api.tls" "$(docs ConfigMap <"$full_yaml" | py 'sorted({json.dumps(json.loads(v)["volume_api"]["tls"], sort_keys=True) for v in o[0]["data"].values()})')" \
+    '["{\"ca_file\": \"/etc/hanfs/tls/ca.crt\", \"cert_file\": \"/etc/hanfs/tls/tls.crt\", \"key_file\": \"/etc/hanfs/tls/tls.key\"}"]'
 hooks=$(docs Pod <"$min_yaml" | py 'o[0]["metadata"]["annotations"]')
 expect "helm test hook Pod annotations" "$hooks" '{"helm.sh/hook": "test", "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded", "helm.sh/hook-weight": "0"}'
 
@@ -200,6 +226,8 @@ refuse "clusterId pattern" "clusterId" "${minimal[@]}" --set clusterId=bad/id
 refuse "agent on without nodes, VIP, scope" "/agent/nodes" "${minimal[@]}" --set agent.enabled=true
 refuse "agent with one node" "/agent/nodes" -f "$full" --set 'agent.nodes={storage-a}'
 refuse "lease shorter than 1500 ms" "durationMs" -f "$full" --set agent.lease.durationMs=1000
+refuse "TLS: agent on with a client Secret only" "tls.existingServerSecret" -f "$full" --set tls.existingServerSecret=
+refuse "TLS: a server Secret without the client Secret" "needs tls.existingSecret" "${minimal[@]}" --set tls.existingServerSecret=x
 
 # ---------------------------------------------------------------- 3b. flags and config keys
 # Every flag the chart passes to a hanfs binary must be one that binary's --help lists,
@@ -398,7 +426,7 @@ ns=hanfs-min
 if install hanfs "$ns" "${minimal[@]}"; then
     expect "CSIDriver fields" "$(get /apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io \
         '[o["spec"][k] for k in ("attachRequired", "fsGroupPolicy", "podInfoOnMount", "requiresRepublish", "volumeLifecycleModes")]')" \
-        '[false, "File", false, false, ["Persistent"]]'
+        '[true, "File", false, false, ["Persistent"]]'
     expect "StorageClass hanfs" "$(get /apis/storage.k8s.io/v1/storageclasses/hanfs \
         '[o["provisioner"], o["parameters"], o["allowVolumeExpansion"], o["reclaimPolicy"], o["volumeBindingMode"]]')" \
         '["hanfs.csi.io", {"onDelete": "delete"}, true, "Delete", "Immediate"]'
@@ -412,7 +440,7 @@ if install hanfs "$ns" "${minimal[@]}"; then
         '[true, "ClusterFirstWithHostNet", true, [["/var/lib/kubelet", "Bidirectional"]], "spec.nodeName", false]'
     expect "ClusterRoles of the sidecars" "$(get /apis/rbac.authorization.k8s.io/v1/clusterroles \
         'sorted(c["metadata"]["name"] for c in o["items"] if c["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == "hanfs")')" \
-        '["hanfs-provisioner", "hanfs-resizer", "hanfs-snapshotter"]'
+        '["hanfs-attacher", "hanfs-provisioner", "hanfs-resizer", "hanfs-snapshotter"]'
     expect "Secret with the generated token, 48 characters" "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" \
         'len(__import__("base64").b64decode(o["data"]["token"]))')" 48
     if grep -q "kubectl get csinode" "$work/install-$ns.out" && grep -q "hanfs-backend status" "$work/install-$ns.out"; then
@@ -433,10 +461,13 @@ if install hanfs "$ns" "${minimal[@]}"; then
     can true "resizer patches PVC status" "$ns" "$sa" patch "" persistentvolumeclaims "$ns" x status
     can false "resizer: no VolumeAttributesClasses without controller.modifyVolume" "$ns" "$sa" watch storage.k8s.io volumeattributesclasses
     can true "snapshotter updates content status" "$ns" "$sa" update snapshot.storage.k8s.io volumesnapshotcontents "" x status
+    can true "snapshotter updates group content status" "$ns" "$sa" update groupsnapshot.storage.k8s.io volumegroupsnapshotcontents "" x status
+    can true "snapshotter watches group snapshot classes" "$ns" "$sa" watch groupsnapshot.storage.k8s.io volumegroupsnapshotclasses
+    can false "snapshotter creates no group contents (snapshot-controller does)" "$ns" "$sa" create groupsnapshot.storage.k8s.io volumegroupsnapshotcontents
     can true "sidecar leader election in its namespace" "$ns" "$sa" update coordination.k8s.io leases "$ns"
     can false "no leases outside its namespace" "$ns" "$sa" update coordination.k8s.io leases kube-system
     can false "controller reads no secrets" "$ns" "$sa" get "" secrets "$ns"
-    can false "no VolumeAttachments without attachRequired" "$ns" "$sa" patch storage.k8s.io volumeattachments "" x status
+    can true "attacher patches VolumeAttachment status (attachRequired by default)" "$ns" "$sa" patch storage.k8s.io volumeattachments "" x status
     can false "node plugin: no API access (nodes)" "$ns" hanfs-node get "" nodes
     can true "agent: get its Lease" "$ns" hanfs-agent get coordination.k8s.io leases "$ns" hanfs-export
     can true "agent: update its Lease" "$ns" hanfs-agent update coordination.k8s.io leases "$ns" hanfs-export

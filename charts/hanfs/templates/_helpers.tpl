@@ -99,3 +99,22 @@ volumeMounts:
   - name: socket-dir
     mountPath: /csi
 {{- end -}}
+
+{{/* The host part of the backend address (the VIP): what its certificate must name. */}}
+{{- define "hanfs.backendHost" -}}
+{{- $addr := include "hanfs.backendAddress" . -}}
+{{- if hasPrefix "[" $addr -}}
+{{- regexReplaceAll "^\\[([^]]*)\\].*$" $addr "${1}" -}}
+{{- else -}}
+{{- regexReplaceAll ":[0-9]+$" $addr "" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secrets holding the volume API's mutual TLS: the controller's client side and
+     the storage servers' server side (ca.crt, tls.crt, tls.key each). */}}
+{{- define "hanfs.tlsClientSecret" -}}
+{{- .Values.tls.existingSecret | default (printf "%s-tls-client" (include "hanfs.fullname" .)) -}}
+{{- end -}}
+{{- define "hanfs.tlsServerSecret" -}}
+{{- .Values.tls.existingServerSecret | default (printf "%s-tls-server" (include "hanfs.fullname" .)) -}}
+{{- end -}}
