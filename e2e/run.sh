@@ -11,6 +11,11 @@
 #                       Kubernetes' external-storage e2e suite (e2e/kube/storage-e2e/)
 #                       against the chart on the client VM's kubelet, thin provisioning;
 #                       passed / failed / skipped per suite and pattern (hours under TCG)
+#   e2e/run.sh acl | volume-calls | volume-load
+#                       one scenario alone (also in matrix): export ACLs; volume calls
+#                       through a hard kill; 40 volumes by 8 clients over NFS (created,
+#                       published, written, stat'ed, snapshotted, deleted; nothing left,
+#                       nothing leaked, RSS before/peak/after)
 # Further options go to hanfs-e2e (e.g. --only link-cut,api-cut --skip-sanity).
 # Needs root, qemu-system-x86, debootstrap, Go; one VM cluster at a time.
 set -euo pipefail

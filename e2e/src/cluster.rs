@@ -55,7 +55,8 @@ fn agent_config(node: &str, peer: &str, thin: bool) -> String {
   "lease": {{ "namespace": "default", "name": "hanfs-export", "duration_ms": {LEASE_MS} }},
   "kubeconfig": "/hanfs/share/kubeconfig",
   "state_dir": "/run/hanfs", "admin_socket": "/run/hanfs/admin.sock",
-  "volume_api": {{ "listen": "tcp://0.0.0.0:9820", "token_file": "/hanfs/share/backend-token", "thin": {thin} }},
+  "volume_api": {{ "listen": "tcp://0.0.0.0:9820", "token_file": "/hanfs/share/backend-token", "thin": {thin},
+    "tls": {{ "ca_file": "/hanfs/share/tls/ca.crt", "cert_file": "/hanfs/share/tls/tls.crt", "key_file": "/hanfs/share/tls/tls.key" }} }},
   "drbd": {{ "resource": "r0", "device": "/dev/drbd0" }},
   "filesystem": {{ "mountpoint": "/export", "fstype": "xfs", "options": ["prjquota"] }},
   "nfsd": {{ "scope": "hanfs-nfs", "lease_secs": 10, "grace_secs": 10, "threads": 8 }},
@@ -63,6 +64,59 @@ fn agent_config(node: &str, peer: &str, thin: bool) -> String {
   "last_resort": "reboot"
 }}"#
     )
+}
+
+/// Where [`write_pki`] puts the storage servers' and the controller's TLS files (under the
+/// cluster's work dir; each holds `ca.crt`, `tls.crt`, `tls.key`).
+pub const TLS_SERVER_DIR: &str = "tls/server";
+pub const TLS_CONTROLLER_DIR: &str = "tls/controller";
+
+/// The installation's mutual-TLS material, made as an admin would: one CA; the storage
+/// servers' certificate names the VIP (what the controller dials) and each node's own
+/// address (for `hanfsctl status` against one node); the controller's is a client
+/// certificate from the same CA (the chart's controller in `kube_pods` presents it too).
+fn write_pki(workdir: &Path) -> Result<(), Error> {
+    use testkit::certs::{self, Ca, Validity};
+    let ca = Ca::new("hanfs e2e CA").map_err(|e| e.to_string())?;
+    let mut names = vec![VIP];
+    names.extend(STORAGE_IPS);
+    names.extend(STORAGE);
+    let server = ca.server(&names).map_err(|e| e.to_string())?;
+    let controller = ca
+        .client("hanfs-controller", Validity::Current)
+        .map_err(|e| e.to_string())?;
+    certs::write_dir(&workdir.join(TLS_SERVER_DIR), &ca.cert_pem, &server)
+        .map_err(|e| e.to_string())?;
+    certs::write_dir(&workdir.join(TLS_CONTROLLER_DIR), &ca.cert_pem, &controller)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The three TLS file paths in `dir`.
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn common_tls_files(dir: &Path) -> TlsPaths {
+    TlsPaths {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    }
+}
+
+/// Copies the plain files of `from` into `to` (created), keeping their modes.
+fn copy_dir_files(from: &Path, to: &Path) -> Result<(), Error> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The three VMs on the private bridge; the storage VMs with a blank data disk each.
@@ -258,6 +312,7 @@ impl HanfsCluster {
         let resource = fs::read_to_string(self.repo.join("e2e/storage/drbd-r0.res"))?;
         let token = format!("e2e-{}", std::process::id());
         fs::write(self.workdir().join("backend-token"), &token)?;
+        write_pki(self.workdir())?;
         let kubeconfig = self
             .api
             .as_ref()
@@ -269,6 +324,7 @@ impl HanfsCluster {
             fs::write(share.join("r0.res"), &resource)?;
             fs::copy(&kubeconfig, share.join("kubeconfig"))?;
             fs::write(share.join("backend-token"), &token)?;
+            copy_dir_files(&self.workdir().join(TLS_SERVER_DIR), &share.join("tls"))?;
             fs::write(
                 share.join("agent.json"),
                 agent_config(name, STORAGE[1 - i], thin),
@@ -303,10 +359,14 @@ impl HanfsCluster {
         let sanity = self.sanity_dir();
         fs::create_dir_all(&sanity)?;
         let sanity = sanity.display();
+        // The node id carries the address the client mounts from (`client@10.80.0.20`):
+        // ControllerPublish admits exactly that address to a volume's export.
+        let client_ip = self.client().ip();
         self.client().run(
             &format!(
                 "mkdir -p {sanity} {STANDALONE_ROOT} && mount --bind /hanfs/share/sanity {sanity} && \
                  setsid -f hanfs-node --endpoint tcp://0.0.0.0:{NODE_PORT} --node-id {CLIENT} \
+                   --node-address {client_ip} \
                    --cluster-id {CLUSTER_ID} --transport nfs --nfs-server {VIP} \
                    --allowed-target-root {STANDALONE_ROOT} --allowed-target-root {sanity} \
                    >>/hanfs/share/node.log 2>&1"
@@ -319,6 +379,7 @@ impl HanfsCluster {
     }
 
     fn start_controller(&mut self) -> Result<(), Error> {
+        let tls_client = common_tls_files(&self.workdir().join(TLS_CONTROLLER_DIR));
         let socket = self.workdir().join("controller.sock");
         let log = fs::File::create(self.workdir().join("controller.log"))?;
         let mut cmd = Command::new(self.bins.join("hanfs-controller"));
@@ -331,6 +392,12 @@ impl HanfsCluster {
             &format!("tcp://{VIP}:9820"),
             "--backend-token-file",
             &self.workdir().join("backend-token").display().to_string(),
+            "--tls-ca",
+            &tls_client.ca.display().to_string(),
+            "--tls-cert",
+            &tls_client.cert.display().to_string(),
+            "--tls-key",
+            &tls_client.key.display().to_string(),
             "--nfs-server",
             VIP,
             "--nfs-share",
@@ -418,6 +485,27 @@ impl HanfsCluster {
         all.extend(args.iter().map(|a| (*a).to_owned()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         self.hanfsctl_raw(&refs)
+    }
+
+    /// A maker of the command [`Self::hanfsctl`] runs (in the cluster's namespace, against
+    /// the controller and node plugin), for a thread that runs it repeatedly.
+    pub fn hanfsctl_command(&self, args: &[&str]) -> impl Fn() -> Command + Send + 'static {
+        let mut cmd = Command::new(self.bins.join("hanfsctl"));
+        cmd.args([
+            "--controller",
+            &self.controller_endpoint(),
+            "--node",
+            &self.node_endpoint(),
+        ])
+        .args(args);
+        let wrapped = self.cluster.command_in(&cmd);
+        let program = wrapped.get_program().to_owned();
+        let argv: Vec<std::ffi::OsString> = wrapped.get_args().map(ToOwned::to_owned).collect();
+        move || {
+            let mut cmd = Command::new(&program);
+            cmd.args(&argv).stdin(Stdio::null());
+            cmd
+        }
     }
 
     fn hanfsctl_raw(&self, args: &[&str]) -> Result<String, Error> {
@@ -526,9 +614,12 @@ impl HanfsCluster {
     /// kernel log: what to read when a step failed.
     pub fn dump_logs(&self) {
         for name in STORAGE {
-            let log =
-                fs::read_to_string(self.vm(name).share_dir().join("agent.log")).unwrap_or_default();
+            let path = self.vm(name).share_dir().join("agent.log");
             eprintln!("---- {name} agent log (last 40 lines without DEBUG) ----");
+            let log = fs::read_to_string(&path).unwrap_or_else(|e| {
+                eprintln!("(cannot read {}: {e})", path.display());
+                String::new()
+            });
             let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
             for line in &lines[lines.len().saturating_sub(40)..] {
                 eprintln!("{line}");
@@ -538,9 +629,12 @@ impl HanfsCluster {
             ("node plugin", self.client().share_dir().join("node.log")),
             ("controller", self.workdir().join("controller.log")),
         ] {
-            let log = fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
             eprintln!("---- {what} log (last 20 lines) ----");
+            let log = fs::read_to_string(&path).unwrap_or_else(|e| {
+                eprintln!("(cannot read {}: {e})", path.display());
+                String::new()
+            });
+            let lines: Vec<&str> = log.lines().collect();
             for line in &lines[lines.len().saturating_sub(20)..] {
                 eprintln!("{line}");
             }
@@ -588,4 +682,20 @@ pub fn first_word(text: &str) -> Result<String, Error> {
         .next()
         .map(str::to_owned)
         .ok_or_else(|| format!("expected an id, got {text:?}").into())
+}
+
+/// Runs one command built by [`HanfsCluster::hanfsctl_command`] within `limit`: its stdout
+/// when it exited 0, else what it printed (stdout and stderr) or why it could not run.
+/// The load scenarios record failures as data instead of stopping at the first one.
+pub fn hanfsctl_outcome(make: &impl Fn() -> Command, limit: Duration) -> Result<String, String> {
+    let mut cmd = make();
+    match testkit::cmd::output(&mut cmd, limit) {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(out) => Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }

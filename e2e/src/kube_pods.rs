@@ -24,17 +24,21 @@ use testkit::kube::KubeApiServer;
 
 /// The namespace the chart is installed into and the workloads run in.
 pub const NAMESPACE: &str = "hanfs";
+/// The Secret with the controller's client certificate (chart value tls.existingSecret).
+const TLS_SECRET: &str = "hanfs-e2e-tls";
+
 /// The chart's default StorageClass name.
 const STORAGE_CLASS: &str = "hanfs";
 /// The workload image (built from the `record-writer` binary of this crate).
 const WRITER_IMAGE: &str = "hanfs.local/record-writer:local";
-/// The images the node needs: the pod sandbox, the chart's pods (agent off, no attacher),
-/// the workload.
+/// The images the node needs: the pod sandbox, the chart's pods (agent off; the attacher,
+/// since the chart's default `attachRequired: true` adds it), the workload.
 const NODE_IMAGES: &[&str] = &[
     "pause",
     "hanfs-controller",
     "hanfs-node",
     "csi-provisioner",
+    "csi-attacher",
     "csi-resizer",
     "csi-snapshotter",
     "record-writer",
@@ -44,6 +48,19 @@ const BUILD_LIMIT: Duration = Duration::from_secs(60 * 60);
 /// Bound on the node becoming Ready and the chart's pods starting (TCG is slow: every
 /// container start is a few process spawns, each ~50 ms in the guest).
 const START_LIMIT: Duration = Duration::from_secs(300);
+
+/// Seconds a failover trial's writer pod writes beyond what the trial needs, for the
+/// lag between the pod's start and the harness seeing its first acknowledgement.
+const POD_WRITER_SLACK_S: u32 = 60;
+
+/// The time (`t`, the node's monotonic clock) of the first `ack <n> <t>` line of a
+/// record-writer log.
+fn first_ack_time(log: &str) -> Option<f64> {
+    log.lines()
+        .find_map(|l| l.strip_prefix("ack "))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|t| t.parse().ok())
+}
 
 /// Runs a repo script (bash, or python3 for `.py`) that builds (or finds cached) something
 /// and prints its folder last.
@@ -56,24 +73,22 @@ fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
     cmd.arg(repo.join(script)).args(args);
     let out = testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let dir = text.lines().last().unwrap_or_default().trim();
-    if dir.is_empty() || !Path::new(dir).is_dir() {
-        return Err(format!("{script} printed no folder (stdout: {text:?})").into());
+    match text.lines().last().map(str::trim) {
+        Some(dir) if !dir.is_empty() && Path::new(dir).is_dir() => Ok(PathBuf::from(dir)),
+        _ => Err(format!("{script} printed no folder (stdout: {text:?})").into()),
     }
-    Ok(PathBuf::from(dir))
 }
 
 /// [`built`] for a script that prints a file (not a folder) last.
-fn built_file(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
+pub(crate) fn built_file(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
     let mut cmd = Command::new("bash");
     cmd.arg(repo.join(script)).args(args);
     let out = testkit::cmd::run(&mut cmd, BUILD_LIMIT).map_err(|e| format!("{script}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let file = text.lines().last().unwrap_or_default().trim();
-    if file.is_empty() || !Path::new(file).is_file() {
-        return Err(format!("{script} printed no file (stdout: {text:?})").into());
+    match text.lines().last().map(str::trim) {
+        Some(file) if !file.is_empty() && Path::new(file).is_file() => Ok(PathBuf::from(file)),
+        _ => Err(format!("{script} printed no file (stdout: {text:?})").into()),
     }
-    Ok(PathBuf::from(file))
 }
 
 /// Hard-links (or copies, across filesystems) `from` to `to`.
@@ -149,7 +164,101 @@ impl Api<'_> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        Err(format!("{path} not ready within {limit:?}: {last}").into())
+        Err(format!(
+            "{path} not ready within {limit:?}: {last}; its events: {}",
+            self.events_of(path)
+        )
+        .into())
+    }
+
+    /// The events about the object at `path` (`.../namespaces/<ns>/<kind>/<name>`), one
+    /// `reason: message` per line, so a timeout says what the controllers saw.
+    fn events_of(&self, path: &str) -> String {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (Some(ns_at), Some(name)) =
+            (parts.iter().position(|p| *p == "namespaces"), parts.last())
+        else {
+            return "(not a namespaced object)".into();
+        };
+        let Some(ns) = parts.get(ns_at + 1) else {
+            return "(no namespace in the path)".into();
+        };
+        let query =
+            format!("/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{name}");
+        match self.find(&query) {
+            Ok(Some(list)) => {
+                let lines: Vec<String> = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{} ({}x, {}): {}",
+                            e["reason"].as_str().unwrap_or("?"),
+                            e["count"].as_u64().unwrap_or(1),
+                            e["source"]["component"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("").trim()
+                        )
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    "none".into()
+                } else {
+                    format!("\n  {}", lines.join("\n  "))
+                }
+            }
+            Ok(None) => "none".into(),
+            Err(e) => format!("(cannot list them: {e})"),
+        }
+    }
+
+    /// Every container of the pods in [`NAMESPACE`] matching the (URL-encoded) selector
+    /// query (`labelSelector=…` or `fieldSelector=…`) that is not ready, with why (`ErrImageNeverPull`, `CrashLoopBackOff`, …),
+    /// so a timeout names the sidecar that never started.
+    fn containers_not_ready(&self, selector: &str) -> String {
+        let query = format!("/api/v1/namespaces/{NAMESPACE}/pods?{selector}");
+        let list = match self.find(&query) {
+            Ok(Some(list)) => list,
+            Ok(None) => return "(no pod list)".into(),
+            Err(e) => return format!("(cannot list them: {e})"),
+        };
+        let mut lines = Vec::new();
+        for pod in list["items"].as_array().into_iter().flatten() {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+            for c in pod["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["ready"] != true)
+            {
+                let state = &c["state"];
+                let why = ["waiting", "terminated"]
+                    .iter()
+                    .find_map(|k| {
+                        state[*k].as_object().map(|s| {
+                            format!(
+                                "{k}: {} {}",
+                                s.get("reason").and_then(Value::as_str).unwrap_or("?"),
+                                s.get("message")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                                    .trim()
+                            )
+                        })
+                    })
+                    .unwrap_or_else(|| "running, not ready".into());
+                lines.push(format!(
+                    "{name}/{} ({why}; {} restarts)",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["restartCount"].as_u64().unwrap_or(0)
+                ));
+            }
+        }
+        if lines.is_empty() {
+            "all ready, or none listed".into()
+        } else {
+            format!("\n  {}", lines.join("\n  "))
+        }
     }
 
     /// Polls until `path` is gone.
@@ -376,12 +485,46 @@ impl<'a> KubeNode<'a> {
         Api(self.kube)
     }
 
+    /// The namespace and the `kubernetes.io/tls` Secret holding the controller's client
+    /// certificate from the e2e CA (`cluster::write_pki`).
+    fn create_tls_secret(&self) -> Result<(), Error> {
+        let api = self.api();
+        if api
+            .find(&format!("/api/v1/namespaces/{NAMESPACE}"))?
+            .is_none()
+        {
+            api.create(
+                "/api/v1/namespaces",
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+            )?;
+        }
+        let dir = self.hc.workdir().join(crate::cluster::TLS_CONTROLLER_DIR);
+        let mut data = serde_json::Map::new();
+        for key in ["ca.crt", "tls.crt", "tls.key"] {
+            data.insert(key.into(), fs::read_to_string(dir.join(key))?.into());
+        }
+        api.create(
+            &format!("/api/v1/namespaces/{NAMESPACE}/secrets"),
+            &json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": TLS_SECRET, "namespace": NAMESPACE},
+                // stringData: PEM is text; the API server stores it base64-encoded.
+                "stringData": data,
+            }),
+        )?;
+        Ok(())
+    }
+
     /// `helm install` of the chart as an admin with storage servers outside the cluster
     /// would do it, then waits for the node plugin to register with kubelet (CSINode) and
     /// the controller Deployment to be available.
     fn helm_install(&self) -> Result<(), Error> {
         let hc = self.hc;
         let token = fs::read_to_string(hc.workdir().join("backend-token"))?;
+        // The storage VMs trust the e2e CA only: the chart's controller presents the
+        // e2e controller certificate, from a Secret made before the install (as an admin
+        // with external storage servers does: tls.existingSecret).
+        self.create_tls_secret()?;
         let values = hc.workdir().join("kube/values.yaml");
         fs::write(
             &values,
@@ -390,6 +533,7 @@ impl<'a> KubeNode<'a> {
                  image:\n  pullPolicy: Never\n\
                  agent:\n  enabled: false\n\
                  backend:\n  address: {VIP}:9820\n  token: {token}\n  nfsShare: /export\n\
+                 tls:\n  existingSecret: {TLS_SECRET}\n\
                  controller:\n  livenessProbe:\n    timeoutSeconds: 30\n    failureThreshold: 10\n\
                  node:\n  livenessProbe:\n    timeoutSeconds: 30\n    failureThreshold: 10\n"
             ),
@@ -428,10 +572,21 @@ impl<'a> KubeNode<'a> {
         api.wait(
             &format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/hanfs-controller"),
             START_LIMIT,
-            |d| Ok(condition_true(d, "Available")),
-        )?;
+            // Not the Available condition: with one replica and the default maxUnavailable
+            // it holds with no pod ready, which hid a sidecar that never started.
+            |d| {
+                let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                Ok(d["status"]["readyReplicas"].as_i64().unwrap_or(0) >= want)
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "{e}; its pods' containers: {}",
+                api.containers_not_ready("labelSelector=app.kubernetes.io/component%3Dcontroller")
+            )
+        })?;
         hc.clock.log(&format!(
-            "helm install: controller Deployment available {:.1}s after install",
+            "helm install: controller Deployment's pods ready (every container) {:.1}s after install",
             started.elapsed().as_secs_f64()
         ));
         Ok(())
@@ -455,7 +610,9 @@ impl<'a> KubeNode<'a> {
         )?;
         let pvc = api.wait(
             &format!("{ns}/persistentvolumeclaims/{name}"),
-            START_LIMIT,
+            // The provisioner's first CreateVolume after install took 61-123 s here, and
+            // more than 300 s once on a loaded host.
+            START_LIMIT + LONG,
             |p| Ok(p["status"]["phase"] == "Bound"),
         )?;
         let pv_name = pvc["spec"]["volumeName"]
@@ -537,6 +694,20 @@ impl<'a> KubeNode<'a> {
         Ok(body)
     }
 
+    /// The last lines of every container log of the chart's controller and node pods, as
+    /// the kubelet node has them: printed when a pod check fails, so the run says what
+    /// the sidecars and hanfs saw.
+    pub fn dump_chart_logs(&self) {
+        let script = format!(
+            "for f in /var/log/pods/{NAMESPACE}_hanfs-*/*/*.log; do \
+               echo \"---- $f\"; tail -n 40 \"$f\" | cut -c1-400; done"
+        );
+        match self.hc.client().run(&script, SHORT) {
+            Ok(text) => println!("---- chart pod logs ----\n{text}"),
+            Err(e) => println!("---- chart pod logs: cannot read them: {e}"),
+        }
+    }
+
     pub fn delete_pod(&self, name: &str) -> Result<(), Error> {
         let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
         self.api().delete(&path)?;
@@ -567,7 +738,9 @@ impl<'a> KubeNode<'a> {
             started.elapsed().as_secs_f64()
         ));
         self.start_pod("writer", "records", &["write", "/data/records.log", "10"])?;
-        self.wait_pod("writer", "Succeeded", START_LIMIT)?;
+        // Its start waits for the attach, and the sidecars may still be restarting
+        // after install under TCG (one run: 300 s were not enough).
+        self.wait_pod("writer", "Succeeded", START_LIMIT + LONG)?;
         let acks = self.pod_log("writer")?;
         let via_api = self.pod_log_via_api("writer")?;
         if via_api.trim_end() != acks.trim_end() {
@@ -584,7 +757,7 @@ impl<'a> KubeNode<'a> {
         ));
         self.delete_pod("writer")?;
         self.start_pod("reader", "records", &["read", "/data/records.log"])?;
-        self.wait_pod("reader", "Succeeded", START_LIMIT)?;
+        self.wait_pod("reader", "Succeeded", START_LIMIT + LONG)?;
         let read = self.pod_log("reader")?;
         self.delete_pod("reader")?;
         let records: String = read.lines().skip(1).map(|l| format!("{l}\n")).collect();
@@ -600,7 +773,9 @@ impl<'a> KubeNode<'a> {
             "pod write/read over NFS: {} records acknowledged by pod writer, all {} read back by pod reader ({}); the writer's log also read through the API server from kubelet",
             m.acked,
             m.acked,
-            read.lines().next().unwrap_or_default()
+            read.lines()
+                .next()
+                .unwrap_or("the reader printed no summary")
         ))
     }
 
@@ -634,7 +809,10 @@ impl<'a> KubeNode<'a> {
             None => self.bound_pvc(claim, "128Mi")?,
         };
         let file = format!("{pod}.log");
-        let seconds = writer.seconds.to_string();
+        // A pod's start is seen late under TCG (kubelet's status and log lag by tens of
+        // seconds), so the writer runs longer than the fault needs; the fault is timed
+        // from the writer's own first acknowledgement, not from when the harness saw it.
+        let seconds = (writer.seconds + POD_WRITER_SLACK_S).to_string();
         let mut args = vec!["write", "", &seconds];
         let path = format!("/data/{file}");
         args[1] = &path;
@@ -642,30 +820,65 @@ impl<'a> KubeNode<'a> {
             args.push("lock");
         }
         self.hc.client().run("dmesg -c >/dev/null", SHORT)?;
+        let started = Instant::now();
         self.start_pod(&pod, claim, &args)?;
-        self.wait_pod(&pod, "Running", START_LIMIT)?;
-        // The fault lands once the writer is really writing, not while its pod starts.
-        let first_ack = Instant::now();
-        while !self.pod_log(&pod).unwrap_or_default().contains("ack ") {
-            if first_ack.elapsed() > LONG {
-                return Err(format!("pod {pod} acknowledged nothing within {LONG:?}").into());
+        // The fault lands once the writer is really writing, not while its pod starts:
+        // its log file on the node shows the first acknowledgement before the API server
+        // reports the pod Running.
+        let first_ack_t = loop {
+            // Until the container starts there is no log to read: nothing acknowledged yet.
+            if let Some(t) = self.pod_log(&pod).ok().as_deref().and_then(first_ack_time) {
+                break t;
             }
-            std::thread::sleep(Duration::from_millis(300));
+            // A pod's start alone can take START_LIMIT under TCG on a loaded host.
+            if started.elapsed() > START_LIMIT + LONG {
+                return Err(format!(
+                    "pod {pod} acknowledged nothing within {:?} of its creation; its log: {:?}; its containers: {}; its events: {}",
+                    START_LIMIT + LONG,
+                    self.pod_log(&pod).unwrap_or_else(|e| format!("unreadable: {e}")),
+                    api.containers_not_ready(&format!("fieldSelector=metadata.name%3D{pod}")),
+                    api.events_of(&format!("/api/v1/namespaces/{NAMESPACE}/pods/{pod}"))
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        clock.log(&format!(
+            "pod {scenario}: first acknowledgement seen {:.1}s after the pod was created",
+            started.elapsed().as_secs_f64()
+        ));
+        let vm_now = || -> Result<f64, Error> {
+            Ok(self
+                .hc
+                .client()
+                .run("python3 -c 'import time; print(time.monotonic())'", SHORT)?
+                .trim()
+                .parse()?)
+        };
+        let due = first_ack_t + writer.fault_after.as_secs_f64();
+        let lag = vm_now()? - due;
+        if lag < 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(-lag));
         }
-        std::thread::sleep(writer.fault_after);
-        let fault_at: f64 = self
-            .hc
-            .client()
-            .run("python3 -c 'import time; print(time.monotonic())'", SHORT)?
-            .trim()
-            .parse()?;
+        let fault_at = vm_now()?;
+        // The writer must still be writing well after the fault, or the stall cannot be
+        // read; say so now instead of after the trial.
+        let writer_ends = first_ack_t + f64::from(writer.seconds + POD_WRITER_SLACK_S);
+        if writer_ends - fault_at < f64::from(writer.seconds) - writer.fault_after.as_secs_f64() {
+            return Err(format!(
+                "pod {pod}: the fault would land {:.1}s after the writer's first acknowledgement, too close to its end for a stall to be read (the harness saw the pod {:.1}s late)",
+                fault_at - first_ack_t,
+                lag.max(0.0)
+            )
+            .into());
+        }
         clock.log(&format!("pod {scenario}: fault"));
         fault()?;
         clock.log(&format!("pod {scenario}: fault injected"));
         let done = self.wait_pod(
             &pod,
             "Succeeded",
-            Duration::from_secs(u64::from(writer.seconds) + 240),
+            Duration::from_secs(u64::from(writer.seconds + POD_WRITER_SLACK_S) + 240),
         )?;
         let restarts = done["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
@@ -704,5 +917,19 @@ impl<'a> KubeNode<'a> {
             trial.broken.push("the pod acknowledged nothing".into());
         }
         Ok(trial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_ack_time;
+
+    #[test]
+    fn first_ack_time_reads_the_first_acknowledgement() {
+        let log = "start 10.000\nerr 0 10.5 5\nack 1 11.250\nack 2 12.000\ndone 13.0";
+        assert_eq!(first_ack_time(log), Some(11.25));
+        assert_eq!(first_ack_time("err 0 10.5 5\ndone 11.0"), None);
+        assert_eq!(first_ack_time("ack 1 garbage"), None);
+        assert_eq!(first_ack_time(""), None);
     }
 }

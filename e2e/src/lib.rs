@@ -1,29 +1,40 @@
 //! End-to-end runs on the VM cluster: real DRBD, kernel nfsd and NFS client, a real
 //! kube-apiserver, the hanfs agents, controller and node plugin (DESIGN.md §5).
 //!
+//! - [`acl`]: per-volume export ACLs: refused before publish, after unpublish and from a
+//!   second address, kept across a hard kill.
 //! - [`cluster`]: brings up the whole hanfs installation (three VMs, the API server,
 //!   DRBD, agents, the controller on the host, the node plugin in the client VM).
 //! - [`sanity`]: the upstream csi-sanity over real NFS.
 //! - [`volume_checks`]: per-volume behaviour on the real stack (quota, stats, expansion,
 //!   snapshots and clones).
 //! - [`writer`] + [`scenarios`]: failovers measured by a client that fsyncs numbered
-//!   records; [`stock`]: the same hard kill with the hand-built setup people run today.
+//!   records; [`stock`]: the same hard kill with the hand-built setup people run today;
+//!   [`health_probe`]: NodeGetStorageHealth watched through a hard kill.
 //! - [`kube_pods`]: the client VM as a kubelet node, the chart `helm install`ed, workload
 //!   pods writing through failovers.
 //! - [`storage_suite`]: Kubernetes' external-storage e2e suite against that node.
+//! - [`volume_calls`]: CSI creates, deletes and snapshots in a loop through a hard kill:
+//!   each finishes, none much slower than the failover, each name once on the survivor.
+//! - [`volume_load`]: volumes created, published over NFS, stat'ed, snapshotted and
+//!   deleted by concurrent clients: nothing fails, nothing is left, nothing leaks.
 //! - [`report`]: the tables.
 //!
 //! The binary `hanfs-e2e` runs the CI subset (`ci`), the full matrix (`matrix`) or the
 //! storage e2e suite (`storage-e2e`).
 
+pub mod acl;
 pub mod cluster;
+pub mod health_probe;
 pub mod kube_pods;
 pub mod report;
 pub mod sanity;
 pub mod scenarios;
 pub mod stock;
 pub mod storage_suite;
+pub mod volume_calls;
 pub mod volume_checks;
+pub mod volume_load;
 pub mod writer;
 
 use std::time::Instant;

@@ -6,6 +6,9 @@
 //! `os.Stat`, `os.Remove` on its own machine). The client VM bind-mounts its 9p share at
 //! the very path the host uses for that folder, so those calls and the node plugin's
 //! mounts see the same directories; the mounts themselves happen only in the guest.
+//! So csi-sanity's removal of those folders goes through `e2e/vm/sanity-remove-path.sh`,
+//! which runs `csi-sanity/remove-path.sh` in the client VM: a spec that fails and leaves a
+//! mount cannot poison the specs after it, and every such leftover fails the run.
 
 use crate::Error;
 use crate::cluster::{HanfsCluster, SHORT};
@@ -41,7 +44,17 @@ pub fn run(hc: &HanfsCluster) -> Result<SanityResult, Error> {
     let dir = hc.sanity_dir();
     let log = hc.workdir().join("sanity.log");
     let junit = hc.workdir().join("sanity-junit.xml");
+    let share = hc.client().share_dir();
+    std::fs::copy(
+        hc.repo.join("csi-sanity/remove-path.sh"),
+        share.join("remove-path.sh"),
+    )?;
+    let leaks = share.join("sanity-leaks");
+    std::fs::write(&leaks, "")?;
+    let remove = hc.repo.join("e2e/vm/sanity-remove-path.sh");
+    let remove = remove.display().to_string();
     let mut cmd = Command::new(&sanity);
+    cmd.env("HANFS_CLIENT_SHARE", &share);
     cmd.args([
         "--csi.endpoint",
         &hc.node_endpoint().replace("tcp://", ""),
@@ -51,6 +64,12 @@ pub fn run(hc: &HanfsCluster) -> Result<SanityResult, Error> {
         &dir.join("csi-mount").display().to_string(),
         "--csi.stagingdir",
         &dir.join("csi-staging").display().to_string(),
+        "--csi.removemountpathcmd",
+        &remove,
+        "--csi.removestagingpathcmd",
+        &remove,
+        "--csi.removepathcmdtimeout",
+        "40s",
         "--csi.testvolumesize",
         &(64u64 << 20).to_string(),
         "--csi.testvolumeexpandsize",
@@ -110,9 +129,20 @@ pub fn run(hc: &HanfsCluster) -> Result<SanityResult, Error> {
         seconds,
         checks: Vec::new(),
     };
+    let leaked = std::fs::read_to_string(&leaks)?;
     if result.failed > 0 || !summary.starts_with("SUCCESS") {
         eprintln!("---- csi-sanity failures ----\n{}", failures(&text));
+        if !leaked.is_empty() {
+            eprintln!("---- left behind by the driver ----\n{leaked}");
+        }
         return Err(format!("csi-sanity over NFS: {summary}").into());
+    }
+    if !leaked.is_empty() {
+        return Err(format!(
+            "csi-sanity over NFS passed, but the driver left mounts or files in its \
+             folders:\n{leaked}"
+        )
+        .into());
     }
     result.checks = after_checks(hc)?;
     Ok(result)

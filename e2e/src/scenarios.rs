@@ -9,6 +9,7 @@ use crate::Error;
 use crate::cluster::{
     HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter, fail_data_disk,
 };
+use crate::health_probe::{self, StorageHealthProbe};
 use crate::kube_pods::KubeNode;
 use crate::writer::{Trial, Writer, run_trial};
 use std::time::Duration;
@@ -198,12 +199,25 @@ impl<'a> Runner<'a> {
     }
 
     fn hard_kill(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
-        let mut trial = self.trial("hard-kill", writer, || {
-            self.hc.vm(active).kill()?;
-            Ok(())
-        })?;
-        let (survivor, _) = self.hc.wait_active(Some(active), LONG)?;
+        // The node plugin's NodeGetStorageHealth, watched through the kill (not under a
+        // pod: there the node plugin runs in the chart's pod, not at the test's endpoint).
+        let probe = (!self.under_pod).then(|| StorageHealthProbe::start(self.hc));
+        let result = self
+            .trial("hard-kill", writer, || {
+                self.hc.vm(active).kill()?;
+                Ok(())
+            })
+            .and_then(|trial| Ok((trial, self.hc.wait_active(Some(active), LONG)?)));
+        // Stopped before any error returns, so the thread never outlives the trial.
+        let readings = probe.map(StorageHealthProbe::finish).transpose()?;
+        let (mut trial, (survivor, _)) = result?;
         trial.notes.push(format!("{survivor} took over"));
+        if let Some(readings) = readings {
+            match health_probe::judge(&readings) {
+                Ok(timeline) => trial.notes.push(timeline),
+                Err(broken) => trial.broken.push(format!("NodeGetStorageHealth: {broken}")),
+            }
+        }
         self.hc.restart_storage(active)?;
         Ok(trial)
     }

@@ -28,7 +28,7 @@ pub fn hard_kill(clock: Clock, locks: &[bool]) -> Result<Vec<Trial>, Error> {
     if result.is_err() {
         for name in crate::cluster::STORAGE {
             let log = std::fs::read_to_string(cluster.vm(name).share_dir().join("stock.log"))
-                .unwrap_or_default();
+                .unwrap_or_else(|e| format!("(unreadable: {e})"));
             eprintln!("---- {name} stock takeover log ----\n{log}");
         }
         crate::cluster::hold_if_asked(cluster.workdir());

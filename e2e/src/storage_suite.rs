@@ -11,9 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use testkit::kube::KubeApiServer;
 
-/// Bound on building (or finding cached) e2e.test and the test images.
-const BUILD_LIMIT: Duration = Duration::from_secs(60 * 60);
-
 /// The suite's result as run.sh summed it up.
 #[derive(Debug)]
 pub struct SuiteResult {
@@ -29,16 +26,15 @@ pub struct SuiteResult {
 /// The test images the suite's pods run (OCI archives made by build-e2e-test.sh), to be
 /// put into the node's containerd store before the client VM boots.
 pub fn test_images(repo: &Path) -> Result<Vec<PathBuf>, Error> {
-    let out = testkit::cmd::run(
-        Command::new("bash").arg(repo.join("e2e/kube/build-e2e-test.sh")),
-        BUILD_LIMIT,
-    )
-    .map_err(|e| format!("e2e/kube/build-e2e-test.sh: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let bin = PathBuf::from(text.lines().last().unwrap_or_default().trim());
+    let bin = crate::kube_pods::built_file(repo, "e2e/kube/build-e2e-test.sh", &[])?;
     let dir = bin
         .parent()
-        .ok_or_else(|| format!("build-e2e-test.sh printed no folder: {text:?}"))?
+        .ok_or_else(|| {
+            format!(
+                "build-e2e-test.sh printed {}, which has no folder",
+                bin.display()
+            )
+        })?
         .join("images");
     let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
@@ -60,7 +56,15 @@ pub fn run(
     focus: Option<&str>,
     limit: Duration,
 ) -> Result<SuiteResult, Error> {
-    let report_dir = hc.workdir().join("storage-e2e");
+    // Outside the cluster's work folder, which goes with the VMs: the JUnit report and
+    // the suite's log must outlive the run that made them.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let report_dir = hc
+        .repo
+        .join(format!("target/e2e-reports/storage-e2e-{stamp}"));
+    std::fs::create_dir_all(&report_dir).map_err(|e| format!("{}: {e}", report_dir.display()))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", kube.core_ns(), "bash"])
         .arg(hc.repo.join("e2e/kube/storage-e2e/run.sh"))

@@ -157,6 +157,18 @@ pub fn run_trial(
         )),
         &acks,
     )?;
+    // The share dies with the cluster's work folder; the bench's failover timeline
+    // (bench/README.md) needs the acks and the fault's moment after the run.
+    if let Some(dir) = std::env::var_os("HANFS_E2E_RECORDS_DIR") {
+        keep_records(
+            std::path::Path::new(&dir),
+            setup,
+            scenario,
+            writer.lock,
+            fault_at,
+            &acks,
+        )?;
+    }
     let measured = measure(&acks, &written, fault_at)?;
     let mut notes = Vec::new();
     if measured.longest_gap_s > measured.stall_s + 1.0 {
@@ -184,6 +196,30 @@ pub fn run_trial(
     })
 }
 
+/// Writes `acks-<setup>-<scenario>-<lock|nolock>-<unix ms>.log` into `dir`: a first
+/// line `fault <t>` (the fault on the writer's clock), then the writer's log as it was.
+/// The stamp keeps every trial of a scenario.
+pub fn keep_records(
+    dir: &std::path::Path,
+    setup: &str,
+    scenario: &str,
+    lock: bool,
+    fault_at: f64,
+    acks: &str,
+) -> Result<std::path::PathBuf, Error> {
+    std::fs::create_dir_all(dir)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let path = dir.join(format!(
+        "acks-{setup}-{}-{}-{stamp}.log",
+        scenario.replace(' ', "-"),
+        if lock { "lock" } else { "nolock" }
+    ));
+    std::fs::write(&path, format!("fault {fault_at:.3}\n{acks}"))?;
+    Ok(path)
+}
+
 /// What the acknowledgement log and the file's content say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measured {
@@ -205,13 +241,27 @@ pub fn measure(acks: &str, written: &str, fault_at: f64) -> Result<Measured, Err
     let mut acked: Vec<(&str, f64)> = Vec::new();
     let mut io_errors = 0;
     let mut done = None;
+    let mut last_err = f64::MIN;
     for line in acks.lines() {
         match line.split_whitespace().collect::<Vec<_>>().as_slice() {
             ["ack", n, t] => acked.push((n, t.parse::<f64>()?)),
+            ["err", _, t, ..] => {
+                io_errors += 1;
+                last_err = last_err.max(t.parse::<f64>()?);
+            }
             ["err", ..] => io_errors += 1,
             ["done", t] => done = Some(t.parse::<f64>()?),
             _ => {}
         }
+    }
+    // A writer that wrote nothing after the fault (it had finished, or the fault landed
+    // late) measured no stall at all: that is an unreadable trial, never a 0 s stall.
+    if !acked.iter().any(|(_, t)| *t > fault_at) && last_err <= fault_at {
+        return Err(format!(
+            "no record was written after the fault (at {fault_at:.3}): the writer stopped \
+             before it, so the fault's stall cannot be read"
+        )
+        .into());
     }
     let lost = acked.iter().filter(|(n, _)| !present.contains(n)).count();
     // Gaps between consecutive acknowledgements, and from the last one to the end.
@@ -267,6 +317,16 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_done_before_the_fault_is_an_error_not_a_zero_stall() {
+        let acks = "ack 1 1.0\nack 2 1.5\ndone 2.1\n";
+        let err = measure(acks, "1\n2\n", 1.6).unwrap_err().to_string();
+        assert!(
+            err.contains("no record was written after the fault"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_clean_run_has_nothing_lost() {
         let m = measure("ack 1 1.0\nack 2 1.5\ndone 1.6\n", "1\n2\n", 1.2).unwrap();
         assert_eq!((m.lost, m.io_errors), (0, 0));
@@ -274,6 +334,23 @@ mod tests {
         assert!(
             measure("ack 1 x\n", "", 0.0).is_err(),
             "a garbled time is an error"
+        );
+    }
+
+    #[test]
+    fn kept_records_hold_the_fault_then_the_acks() {
+        let dir = std::env::temp_dir().join(format!("hanfs-records-test-{}", std::process::id()));
+        let acks = "ack 1 1.0\nack 2 9.0\ndone 9.1\n";
+        let path = keep_records(&dir, "hanfs", "hard kill", false, 5.25, acks).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(name.starts_with("acks-hanfs-hard-kill-nolock-"), "{name}");
+        assert_eq!(text, format!("fault 5.250\n{acks}"));
+        // The extra line does not change what measure() reads.
+        assert_eq!(
+            measure(&text, "1\n2\n", 5.25).unwrap(),
+            measure(acks, "1\n2\n", 5.25).unwrap()
         );
     }
 

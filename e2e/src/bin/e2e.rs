@@ -6,6 +6,9 @@
 //!                      each other scenario with and without a lock, switchover 5×) and
 //!                      the stock setup's hard kill for comparison
 //!   hanfs-e2e stock    only the stock setup's hard kills (with and without a lock)
+//!   hanfs-e2e acl      only the per-volume export ACL scenario (also part of ci/matrix)
+//!   hanfs-e2e volume-calls  only CSI creates/deletes/snapshots in a loop through a hard
+//!                      kill (also part of the matrix; `--skip-volume-calls` there)
 //!
 //! Both `ci` and `matrix` end with the Kubernetes part (`kube_pods`): the client VM becomes
 //! a kubelet node, the chart is `helm install`ed, a pod writes records that a second pod
@@ -13,7 +16,8 @@
 //! writing pod.
 //!
 //! Options: `--only a,b` runs only those scenarios (matrix; `pod-hard-kill` etc. included),
-//! `--skip-sanity`, `--skip-stock`, `--skip-pods`, `--hard-kills N`, `--switchovers N`.
+//! `--skip-sanity`, `--skip-stock`, `--skip-pods`, `--hard-kills N`, `--switchovers N`,
+//! `--pod-trials N` (each `pod-` scenario; default 5).
 //! Prints the tables on stdout and ends with `e2e: N passed, M failed`.
 //! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
 
@@ -21,13 +25,22 @@ use e2e::cluster::HanfsCluster;
 use e2e::kube_pods::{Artifacts, KubeNode};
 use e2e::scenarios::{ALL, Runner, UNDER_POD};
 use e2e::writer::Trial;
-use e2e::{Clock, Error, report, sanity, stock, storage_suite, volume_checks};
+use e2e::{
+    Clock, Error, acl, report, sanity, stock, storage_suite, volume_calls, volume_checks,
+    volume_load,
+};
 
 struct Plan {
     /// Boot the hanfs installation at all.
     hanfs: bool,
     sanity: bool,
     checks: bool,
+    /// The export ACL scenario ([`acl`]).
+    acl: bool,
+    /// Volume calls through a hard kill ([`volume_calls`]).
+    volume_calls: bool,
+    /// Volumes by concurrent clients over NFS ([`volume_load`]).
+    volume_load: bool,
     /// (scenario, lock) in order.
     trials: Vec<(String, bool)>,
     /// Start the kubelet node and install the chart (pod write/read check).
@@ -61,7 +74,24 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
     let mut hanfs = true;
     let mut storage_e2e = None;
     let mut quick = false;
+    let mut acl_only = false;
+    let mut volume_calls = false;
+    let mut volume_load = false;
     match mode {
+        "volume-calls" => {
+            quick = true;
+            acl_only = true;
+            volume_calls = true;
+        }
+        "volume-load" => {
+            quick = true;
+            acl_only = true;
+            volume_load = true;
+        }
+        "acl" => {
+            quick = true;
+            acl_only = true;
+        }
         "storage-e2e" => {
             // Only what the suite needs: the cluster, the kubelet node and the chart.
             quick = true;
@@ -88,8 +118,9 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                     return Err(format!("unknown scenario {name:?}; known: {every:?}").into());
                 }
             }
+            let pod_count = number("--pod-trials", 5)?;
             for name in pod_names.iter().filter(|n| only.contains(&n.as_str())) {
-                let count = if name == "pod-hard-kill" { 3 } else { 2 };
+                let count = pod_count;
                 pod_trials.extend((0..count).map(|i| (name.clone(), i % 2 == 0)));
             }
             for name in ALL.iter().filter(|n| only.contains(n)) {
@@ -106,9 +137,9 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                 stock = vec![true, false];
             }
         }
-        _ => return Err("usage: hanfs-e2e ci|matrix|stock [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
+        _ => return Err("usage: hanfs-e2e ci|matrix|stock|acl|volume-calls|volume-load [--skip-acl] [--skip-volume-calls] [--skip-volume-load] [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] [--pod-trials N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
     }
-    let pods = hanfs && (storage_e2e.is_some() || !flag("--skip-pods"));
+    let pods = hanfs && !acl_only && (storage_e2e.is_some() || !flag("--skip-pods"));
     if !pods {
         pod_trials.clear();
     }
@@ -116,6 +147,9 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
         hanfs,
         sanity: !quick && !flag("--skip-sanity"),
         checks: !quick && !flag("--skip-checks"),
+        acl: (acl_only && !volume_calls && !volume_load) || (!quick && !flag("--skip-acl")),
+        volume_calls: volume_calls || (mode == "matrix" && !flag("--skip-volume-calls")),
+        volume_load: volume_load || (mode == "matrix" && !flag("--skip-volume-load")),
         trials,
         pods,
         pod_trials,
@@ -197,6 +231,56 @@ fn run_on(
         }
         hc.clock.log("volume checks done");
     }
+    if plan.acl {
+        match acl::run(hc) {
+            Ok(notes) => {
+                outcome
+                    .lines
+                    .push(format!("export ACLs: ok ({})", notes.join("; ")));
+                outcome.passed += 1;
+            }
+            Err(e) => {
+                outcome.lines.push(format!("export ACLs: FAILED: {e}"));
+                outcome.failed += 1;
+            }
+        }
+        hc.clock.log("export ACL scenario done");
+    }
+    if plan.volume_calls {
+        match volume_calls::run(hc) {
+            Ok(notes) => {
+                outcome.lines.push(format!(
+                    "volume calls across a hard kill: ok ({})",
+                    notes.join("; ")
+                ));
+                outcome.passed += 1;
+            }
+            Err(e) => {
+                outcome
+                    .lines
+                    .push(format!("volume calls across a hard kill: FAILED: {e}"));
+                outcome.failed += 1;
+            }
+        }
+        hc.clock.log("volume calls scenario done");
+    }
+    if plan.volume_load {
+        match volume_load::run(hc) {
+            Ok(notes) => {
+                outcome
+                    .lines
+                    .push(format!("volume load over NFS: ok ({})", notes.join("; ")));
+                outcome.passed += 1;
+            }
+            Err(e) => {
+                outcome
+                    .lines
+                    .push(format!("volume load over NFS: FAILED: {e}"));
+                outcome.failed += 1;
+            }
+        }
+        hc.clock.log("volume load scenario done");
+    }
     let (_, target) = hc.published_volume("writer", "128Mi")?;
     let mut runner = Runner::new(hc, target.clone());
     run_trials(hc, &mut runner, &plan.trials, outcome)?;
@@ -210,6 +294,7 @@ fn run_on(
             outcome.passed += 1;
         }
         Err(e) => {
+            node.dump_chart_logs();
             outcome.lines.push(format!("pod write/read FAILED: {e}"));
             outcome.failed += 1;
         }
