@@ -45,13 +45,27 @@ run_suite() {
     suite_passed=$passed
 }
 
+# Free disk and the big build caches, printed before each stage: a CI machine once ran out
+# of disk in the middle of a run, and the log has to say where the space went.
+disk_report() {
+    local free sizes="" dir
+    free=$(df -P -BG . | awk 'NR == 2 {print $4}')
+    for dir in target fuzz/target "$(go env GOCACHE 2>/dev/null)" "$(go env GOMODCACHE 2>/dev/null)" "$HOME/.cache/hanfs"; do
+        [ -d "$dir" ] && sizes+=", $dir $(du -sh "$dir" 2>/dev/null | cut -f1)"
+    done
+    echo "   disk: $free free$sizes"
+}
+
+disk_report
 echo "== gates: rustfmt, clippy --all-targets -D warnings, shellcheck of every script"
 run_suite gates scripts/gates.sh
 gates_passed=$suite_passed
 
+disk_report
 echo "== build"
 cargo build --bins
 
+disk_report
 echo "== cargo test (unit + integration)"
 set +e
 cargo test --workspace 2>&1 | tee "$log"
@@ -68,22 +82,32 @@ fi
 total_passed=$((total_passed + cargo_passed))
 total_failed=$((total_failed + cargo_failed))
 
+disk_report
+echo "== fuzz: every cargo-fuzz target for 20 s (scripts/fuzz.sh; longer runs: fuzz/README.md)"
+run_suite fuzz scripts/fuzz.sh 20
+fuzz_passed=$suite_passed
+
+disk_report
 echo "== csi-sanity against local mode"
 run_suite csi-sanity csi-sanity/run.sh target/debug
 sanity_passed=$suite_passed
 
+disk_report
 echo "== Helm chart: lint, template, schema, install on a real kube-apiserver"
 run_suite chart charts/check.sh
 chart_passed=$suite_passed
 
+disk_report
 echo "== container images: OCI archives imported and run by a real containerd"
 run_suite images images/test.sh
 images_passed=$suite_passed
 
+disk_report
 echo "== VM cluster end to end (CI subset: e2e/run.sh ci)"
 run_suite e2e e2e/run.sh ci
 e2e_passed=$suite_passed
 
+disk_report
 echo "== summary"
-echo "gates (fmt, clippy, shellcheck): $gates_passed passed; cargo tests: $cargo_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart helm-installed on a kubelet, a pod's records read back by a second pod): $e2e_passed passed (no spec skipped by our flags)"
+echo "gates (fmt, clippy, shellcheck): $gates_passed passed; cargo tests: $cargo_passed passed; fuzz targets: $fuzz_passed passed; csi-sanity specs (local mode): $sanity_passed passed; chart checks: $chart_passed passed; image checks: $images_passed passed; e2e (VMs: csi-sanity over NFS, volume checks, failovers, the chart helm-installed on a kubelet, a pod's records read back by a second pod): $e2e_passed passed (no spec skipped by our flags)"
 echo "all: $total_passed passed, $total_failed failed"
