@@ -103,15 +103,12 @@ pub fn judge(readings: &[Reading]) -> Result<String, String> {
             first.what, first.at_s
         ));
     }
-    let down = readings
-        .iter()
-        .position(|r| !r.healthy)
-        .ok_or_else(|| {
-            format!(
-                "the failover never showed in NodeGetStorageHealth (every reading normal; {})",
-                span(readings)
-            )
-        })?;
+    let down = readings.iter().position(|r| !r.healthy).ok_or_else(|| {
+        format!(
+            "the failover never showed in NodeGetStorageHealth (every reading normal; {})",
+            span(readings)
+        )
+    })?;
     let up = readings[down..]
         .iter()
         .position(|r| r.healthy)
@@ -142,9 +139,7 @@ pub fn judge(readings: &[Reading]) -> Result<String, String> {
 
 /// The readings in one phrase: how many, over what time, and the slowest call.
 fn span(readings: &[Reading]) -> String {
-    let slowest = readings
-        .iter()
-        .max_by(|a, b| a.took_s.total_cmp(&b.took_s));
+    let slowest = readings.iter().max_by(|a, b| a.took_s.total_cmp(&b.took_s));
     match (readings.first(), readings.last(), slowest) {
         (Some(first), Some(last), Some(slow)) => format!(
             "{} readings from {:.1} to {:.1} s, the slowest took {:.1} s from {:.1} s",
