@@ -16,6 +16,10 @@
 #                       through a hard kill; 40 volumes by 8 clients over NFS (created,
 #                       published, written, stat'ed, snapshotted, deleted; nothing left,
 #                       nothing leaked, RSS before/peak/after)
+#   e2e/run.sh bench [--peer-nfsplugin PATH] [--out DIR] [hanfs-bench options]
+#                       hanfs-bench in the client VM: hanfs and csi-driver-nfs side by
+#                       side on the HA export (provisioning, footprint, data path);
+#                       tables on stdout, files in DIR (default bench/out/vm)
 # Further options go to hanfs-e2e (e.g. --only link-cut,api-cut --skip-sanity).
 # Needs root, qemu-system-x86, debootstrap, Go; one VM cluster at a time.
 set -euo pipefail

@@ -8,9 +8,11 @@
 //! - [`targets`]: starting hanfs local mode and the peer on this machine, stopped on drop.
 //! - [`measure`]: the run itself: idle footprint, provisioning per concurrency, the
 //!   populated export, ListVolumes, footprint under load.
+//! - [`datapath`]: throughput and fsync latency through mounted volumes, targets in turns.
 //! - [`stats`], [`report`]: percentiles and the table (pure).
 //! - [`records`], [`plot`]: the e2e matrix's per-trial records and the SVG pictures.
 
+pub mod datapath;
 pub mod load;
 pub mod measure;
 pub mod plot;

@@ -12,7 +12,7 @@ use bench::load::Driver;
 use bench::measure::{self, Idle, Plan, Provisioning};
 use bench::report::{Cell, Table};
 use bench::targets::{LocalMode, Peer};
-use bench::{plot, procfs, records, stats};
+use bench::{datapath, plot, procfs, records, stats};
 use clap::Parser;
 use common::endpoint::Endpoint;
 use std::collections::{BTreeMap, HashMap};
@@ -90,6 +90,24 @@ struct Args {
     /// Skip hanfs local mode (e.g. in --vm runs where only the VM figures matter).
     #[arg(long)]
     skip_local: bool,
+    /// A directory the data-path workload runs in, NAME=DIR (repeatable): e.g.
+    /// hanfs=<a volume hanfs published>, plain=<a plain `mount -t nfs4` of the same
+    /// export>, csi-driver-nfs=<a volume the peer published>. The first is compared
+    /// with each of the others. Needs root (it drops the page cache before reads).
+    #[arg(long = "data-path", value_parser = key_value)]
+    data_paths: Vec<(String, String)>,
+    /// Data path: the sequential file's size in MiB (random I/O lands inside it).
+    #[arg(long, default_value_t = 64)]
+    data_mib: u64,
+    /// Data path: random 4 KiB writes, then as many random reads.
+    #[arg(long, default_value_t = 1024)]
+    data_random_ops: usize,
+    /// Data path: 4 KiB write + fsync pairs timed one by one.
+    #[arg(long, default_value_t = 200)]
+    data_fsyncs: usize,
+    /// Data path: rounds over all targets (rotated order); each figure is the median.
+    #[arg(long, default_value_t = 3)]
+    data_rounds: usize,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -207,9 +225,11 @@ fn build_table(
 ) -> Table {
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
     // The ratio compares hanfs (first column) with the peer (last) when there is one.
-    let ratio = (columns.len() > 1 && columns.last().is_some_and(|c| c.name == "csi-driver-nfs"))
-        .then(|| (0, columns.len() - 1));
-    let mut table = Table::new(names, ratio);
+    let ratios = (columns.len() > 1 && columns.last().is_some_and(|c| c.name == "csi-driver-nfs"))
+        .then(|| (0, columns.len() - 1))
+        .into_iter()
+        .collect();
+    let mut table = Table::new(names, ratios);
     let per_column = |f: &dyn Fn(&Column) -> Cell| columns.iter().map(f).collect::<Vec<_>>();
     let prov = |c: &Column| {
         provisioning
@@ -527,7 +547,12 @@ async fn run(args: Args) -> Result<(), Error> {
         (None, None) => {}
     }
     if columns.is_empty() {
-        return Err("nothing to measure (--skip-local without --vm endpoints)".into());
+        if args.data_paths.is_empty() {
+            return Err(
+                "nothing to measure (--skip-local without --vm endpoints or --data-path)".into(),
+            );
+        }
+        return data_path(&args);
     }
 
     // Identity answers on every driver we measure (a dead socket must not read as idle).
@@ -639,8 +664,78 @@ async fn run(args: Args) -> Result<(), Error> {
             "failover timeline: not drawn (give --records DIR from an e2e VM run with HANFS_E2E_RECORDS_DIR=DIR)"
         );
     }
+    if !args.data_paths.is_empty() {
+        data_path(&args)?;
+    }
     drop(peer);
     drop(local);
+    Ok(())
+}
+
+/// The data-path table: every `--data-path` target in turns, the first compared with
+/// each of the others; printed and written to `data-path.md`.
+fn data_path(args: &Args) -> Result<(), Error> {
+    if args.data_rounds == 0 {
+        return Err("--data-rounds must be above 0".into());
+    }
+    let targets: Vec<(String, PathBuf)> = args
+        .data_paths
+        .iter()
+        .map(|(name, dir)| (name.clone(), PathBuf::from(dir)))
+        .collect();
+    let workload = datapath::Workload {
+        file_bytes: args.data_mib << 20,
+        random_ops: args.data_random_ops,
+        fsyncs: args.data_fsyncs,
+    };
+    let figures = datapath::compare(
+        &targets,
+        &workload,
+        args.data_rounds,
+        &datapath::drop_caches,
+    )?;
+    let names: Vec<String> = figures.iter().map(|(n, _)| n.clone()).collect();
+    let ratios = (1..names.len()).map(|i| (0, i)).collect();
+    let mut table = Table::new(names, ratios);
+    type Pick = fn(&datapath::Figures) -> f64;
+    let rows: [(String, Pick); 6] = [
+        (
+            format!("sequential write of {} MiB + fsync: MiB/s", args.data_mib),
+            |f| f.seq_write_mib_s,
+        ),
+        ("sequential read, cold cache: MiB/s".into(), |f| {
+            f.seq_read_mib_s
+        }),
+        (
+            format!(
+                "random 4 KiB writes ({}) + fsync: per s",
+                args.data_random_ops
+            ),
+            |f| f.random_write_iops,
+        ),
+        ("random 4 KiB reads, cold cache: per s".into(), |f| {
+            f.random_read_iops
+        }),
+        (
+            "4 KiB write + fsync: p50 ms (lower is better)".into(),
+            |f| stats::ms(f.fsync_p50),
+        ),
+        (
+            "4 KiB write + fsync: p99 ms (lower is better)".into(),
+            |f| stats::ms(f.fsync_p99),
+        ),
+    ];
+    for (label, pick) in rows {
+        table.row(
+            label,
+            figures.iter().map(|(_, f)| Cell::Value(pick(f))).collect(),
+        );
+    }
+    let rendered = table.render();
+    println!("data path, median of {} rounds:", args.data_rounds);
+    println!("{rendered}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("data-path.md"), &rendered)?;
     Ok(())
 }
 

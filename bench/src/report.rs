@@ -1,5 +1,5 @@
-//! The one table the bench prints: a row per figure, a column per driver, and the ratio
-//! hanfs / peer where both were measured in this run. A figure that was not measured
+//! The tables the bench prints: a row per figure, a column per driver (or mount), and
+//! ratios such as hanfs / peer where both were measured in this run. A figure that was not measured
 //! says why in its cell instead of showing a number.
 
 /// One cell.
@@ -19,17 +19,17 @@ pub struct Row {
 #[derive(Debug, Clone)]
 pub struct Table {
     pub columns: Vec<String>,
-    /// (numerator, denominator) column indexes of the ratio column, if there is a peer
-    /// column at all.
-    pub ratio: Option<(usize, usize)>,
+    /// (numerator, denominator) column indexes of each ratio column (none without a
+    /// peer column).
+    pub ratios: Vec<(usize, usize)>,
     pub rows: Vec<Row>,
 }
 
 impl Table {
-    pub fn new(columns: Vec<String>, ratio: Option<(usize, usize)>) -> Self {
+    pub fn new(columns: Vec<String>, ratios: Vec<(usize, usize)>) -> Self {
         Self {
             columns,
-            ratio,
+            ratios,
             rows: Vec::new(),
         }
     }
@@ -48,7 +48,7 @@ impl Table {
     pub fn render(&self) -> String {
         let mut header = vec!["figure".to_owned()];
         header.extend(self.columns.iter().cloned());
-        if let Some((a, b)) = self.ratio {
+        for &(a, b) in &self.ratios {
             header.push(format!("{} / {}", self.columns[a], self.columns[b]));
         }
         let mut out = format!("| {} |\n", header.join(" | "));
@@ -56,7 +56,7 @@ impl Table {
         for row in &self.rows {
             let mut cells = vec![row.label.clone()];
             cells.extend(row.values.iter().map(format_cell));
-            if let Some((a, b)) = self.ratio {
+            for &(a, b) in &self.ratios {
                 cells.push(match ratio(&row.values[a], &row.values[b]) {
                     Some(r) => format!("{r:.2}"),
                     None => "—".into(),
@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn renders_ratios_only_where_both_ran() {
-        let mut t = Table::new(vec!["hanfs".into(), "peer".into()], Some((0, 1)));
+        let mut t = Table::new(vec!["hanfs".into(), "peer".into()], vec![(0, 1)]);
         t.row("RSS idle (MiB)", vec![Cell::Value(6.5), Cell::Value(35.5)]);
         t.row(
             "CreateVolume c=8 (/s)",
@@ -105,11 +105,24 @@ mod tests {
         assert_eq!(lines[2], "| RSS idle (MiB) | 6.50 | 35.50 | 0.18 |");
         assert_eq!(lines[3], "| CreateVolume c=8 (/s) | 400 | needs --vm | — |");
         assert_eq!(lines[4], "| volumes | 2000 | — | — |");
+
+        let mut two = Table::new(
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![(0, 1), (0, 2)],
+        );
+        two.row(
+            "x",
+            vec![Cell::Value(2.0), Cell::Value(4.0), Cell::Value(1.0)],
+        );
+        let text = two.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "| figure | a | b | c | a / b | a / c |");
+        assert_eq!(lines[2], "| x | 2 | 4 | 1 | 0.50 | 2.00 |");
     }
 
     #[test]
     fn no_ratio_column_without_a_peer_and_no_division_by_zero() {
-        let mut t = Table::new(vec!["hanfs".into()], None);
+        let mut t = Table::new(vec!["hanfs".into()], Vec::new());
         t.row("x", vec![Cell::Value(1.25)]);
         assert_eq!(t.render().lines().nth(2), Some("| x | 1.25 |"));
         assert_eq!(ratio(&Cell::Value(1.0), &Cell::Value(0.0)), None);

@@ -18,6 +18,8 @@
 //!   each finishes, none much slower than the failover, each name once on the survivor.
 //! - [`volume_load`]: volumes created, published over NFS, stat'ed, snapshotted and
 //!   deleted by concurrent clients: nothing fails, nothing is left, nothing leaks.
+//! - [`vm_bench`]: hanfs-bench in the client VM, hanfs beside csi-driver-nfs against the
+//!   same HA export (provisioning, footprint, data path).
 //! - [`report`]: the tables.
 //!
 //! The binary `hanfs-e2e` runs the CI subset (`ci`), the full matrix (`matrix`) or the
@@ -32,6 +34,7 @@ pub mod sanity;
 pub mod scenarios;
 pub mod stock;
 pub mod storage_suite;
+pub mod vm_bench;
 pub mod volume_calls;
 pub mod volume_checks;
 pub mod volume_load;

@@ -9,6 +9,9 @@
 //!   hanfs-e2e acl      only the per-volume export ACL scenario (also part of ci/matrix)
 //!   hanfs-e2e volume-calls  only CSI creates/deletes/snapshots in a loop through a hard
 //!                      kill (also part of the matrix; `--skip-volume-calls` there)
+//!   hanfs-e2e bench [--peer-nfsplugin PATH] [--out DIR] [hanfs-bench options]
+//!                      hanfs-bench in the client VM: hanfs beside csi-driver-nfs on the
+//!                      HA export (see `e2e::vm_bench`); tables on stdout, files in DIR
 //!
 //! Both `ci` and `matrix` end with the Kubernetes part (`kube_pods`): the client VM becomes
 //! a kubelet node, the chart is `helm install`ed, a pod writes records that a second pod
@@ -29,6 +32,7 @@ use e2e::{
     Clock, Error, acl, report, sanity, stock, storage_suite, volume_calls, volume_checks,
     volume_load,
 };
+use std::path::PathBuf;
 
 struct Plan {
     /// Boot the hanfs installation at all.
@@ -137,7 +141,7 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                 stock = vec![true, false];
             }
         }
-        _ => return Err("usage: hanfs-e2e ci|matrix|stock|acl|volume-calls|volume-load [--skip-acl] [--skip-volume-calls] [--skip-volume-load] [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] [--pod-trials N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
+        _ => return Err("usage: hanfs-e2e ci|matrix|stock|acl|volume-calls|volume-load|bench [--skip-acl] [--skip-volume-calls] [--skip-volume-load] [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] [--pod-trials N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
     }
     let pods = hanfs && !acl_only && (storage_e2e.is_some() || !flag("--skip-pods"));
     if !pods {
@@ -347,8 +351,48 @@ fn run_trials(
     Ok(())
 }
 
+/// `hanfs-e2e bench`: its own cluster and its own output (the bench's tables).
+fn bench(args: &[String]) -> ! {
+    let mut opts = e2e::vm_bench::Options {
+        peer_nfsplugin: None,
+        bench_args: Vec::new(),
+        out: PathBuf::from("bench/out/vm"),
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = |name: &str| match rest.next() {
+            Some(v) => v.clone(),
+            None => {
+                eprintln!("hanfs-e2e bench: {name} needs a value");
+                std::process::exit(2);
+            }
+        };
+        match arg.as_str() {
+            "--peer-nfsplugin" => opts.peer_nfsplugin = Some(PathBuf::from(value(arg))),
+            "--out" => opts.out = PathBuf::from(value(arg)),
+            _ => opts.bench_args.push(arg.clone()),
+        }
+    }
+    let clock = Clock::start();
+    match e2e::vm_bench::run(clock, &opts) {
+        Ok(tables) => {
+            println!("== bench in the VM cluster ({:.0} s)", clock.elapsed_s());
+            println!("{tables}");
+            println!("files: {}", opts.out.display());
+            std::process::exit(0);
+        }
+        Err(e) => {
+            println!("ERROR: bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("bench") {
+        bench(&args[1..]);
+    }
     let plan = match plan(&args) {
         Ok(plan) => plan,
         Err(e) => {
