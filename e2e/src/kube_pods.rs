@@ -873,6 +873,7 @@ impl<'a> KubeNode<'a> {
             .into());
         }
         clock.log(&format!("pod {scenario}: fault"));
+        let fault_unix = crate::breakdown::now_unix();
         fault()?;
         clock.log(&format!("pod {scenario}: fault injected"));
         let done = self.wait_pod(
@@ -899,6 +900,8 @@ impl<'a> KubeNode<'a> {
             scenario: format!("pod {scenario}"),
             lock: writer.lock,
             stall_s: m.stall_s,
+            resumed_s: m.resumed_s,
+            fault_unix,
             acked: m.acked,
             lost: m.lost,
             io_errors: m.io_errors,

@@ -10,7 +10,8 @@
 //!   snapshots and clones).
 //! - [`writer`] + [`scenarios`]: failovers measured by a client that fsyncs numbered
 //!   records; [`stock`]: the same hard kill with the hand-built setup people run today;
-//!   [`health_probe`]: NodeGetStorageHealth watched through a hard kill.
+//!   [`health_probe`]: NodeGetStorageHealth watched through a hard kill; [`breakdown`]:
+//!   where each failover's stall went, from the new active's agent log.
 //! - [`kube_pods`]: the client VM as a kubelet node, the chart `helm install`ed, workload
 //!   pods writing through failovers.
 //! - [`storage_suite`]: Kubernetes' external-storage e2e suite against that node.
@@ -26,6 +27,7 @@
 //! storage e2e suite (`storage-e2e`).
 
 pub mod acl;
+pub mod breakdown;
 pub mod cluster;
 pub mod health_probe;
 pub mod kube_pods;

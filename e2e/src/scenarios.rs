@@ -6,6 +6,7 @@
 //! and reported in the row's notes; a broken expectation fails the trial.
 
 use crate::Error;
+use crate::breakdown;
 use crate::cluster::{
     HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter, fail_data_disk,
 };
@@ -165,6 +166,11 @@ impl<'a> Runner<'a> {
         };
         let (now_active, _) = self.hc.wait_active(None, LONG)?;
         trial.notes.push(format!("{active} → {now_active}"));
+        if now_active != active {
+            trial
+                .notes
+                .push(self.takeover_breakdown(&now_active, &trial));
+        }
         // Back to two connected, UpToDate nodes before the next scenario.
         let standby = peer_of(&now_active);
         if !self.hc.vm(standby).is_running() {
@@ -196,6 +202,24 @@ impl<'a> Runner<'a> {
             writer,
             fault,
         )
+    }
+
+    /// Where the stall went: the new active's takeover marks on the fault's clock
+    /// ([`breakdown`]); what could not be read says so instead.
+    fn takeover_breakdown(&self, now_active: &str, trial: &Trial) -> String {
+        let vm = self.hc.vm(now_active);
+        let read = || -> Result<String, Error> {
+            let (offset, uncertainty) = breakdown::guest_offset(vm)?;
+            let log = std::fs::read_to_string(vm.share_dir().join("agent.log"))?;
+            let marks = breakdown::takeover_marks(&log, trial.fault_unix + offset);
+            if marks.is_empty() {
+                return Err(
+                    format!("no takeover in {now_active}'s agent log after the fault").into(),
+                );
+            }
+            Ok(breakdown::describe(&marks, trial.resumed_s, uncertainty))
+        };
+        read().unwrap_or_else(|e| format!("takeover breakdown unreadable: {e}"))
     }
 
     fn hard_kill(&self, active: &str, writer: Writer) -> Result<Trial, Error> {
@@ -345,6 +369,8 @@ mod tests {
             scenario: "hard-kill".into(),
             lock: true,
             stall_s,
+            resumed_s: stall_s,
+            fault_unix: 0.0,
             acked: 10,
             lost: 0,
             io_errors: 0,

@@ -63,6 +63,10 @@ pub struct Trial {
     pub lock: bool,
     /// Longest gap between two acknowledgements (s).
     pub stall_s: f64,
+    /// From the fault to the first acknowledgement after the stall (s, writer's clock).
+    pub resumed_s: f64,
+    /// When the fault was injected: unix seconds on the host's clock.
+    pub fault_unix: f64,
     pub acked: usize,
     pub lost: usize,
     pub io_errors: usize,
@@ -120,6 +124,7 @@ pub fn run_trial(
         .trim()
         .parse()?;
     clock.log(&format!("{setup} {scenario}: fault"));
+    let fault_unix = crate::breakdown::now_unix();
     fault()?;
     clock.log(&format!("{setup} {scenario}: fault injected"));
     let deadline = Instant::now() + Duration::from_secs(u64::from(writer.seconds) + 240);
@@ -185,6 +190,8 @@ pub fn run_trial(
         scenario: scenario.to_owned(),
         lock: writer.lock,
         stall_s: measured.stall_s,
+        resumed_s: measured.resumed_s,
+        fault_unix,
         acked: measured.acked,
         lost: measured.lost,
         io_errors: measured.io_errors,
@@ -226,6 +233,8 @@ pub struct Measured {
     /// Last acknowledgement before the fault to the first one after it (to the end of
     /// the run if none came): the longest gap ending after the fault was injected.
     pub stall_s: f64,
+    /// From `fault_at` to the end of that gap: when writes came through again.
+    pub resumed_s: f64,
     /// The longest gap between acknowledgements anywhere in the run.
     pub longest_gap_s: f64,
     pub acked: usize,
@@ -273,9 +282,14 @@ pub fn measure(acks: &str, written: &str, fault_at: f64) -> Result<Measured, Err
     // The fault's gap is the longest one that ends after the fault was injected (the
     // fault's exact instant is a little later than `fault_at`, so "the gap that starts
     // before it" could pick one of the last acknowledgements before the kill landed).
-    let stall_s = longest(gaps.iter().filter(|(_, to)| *to > fault_at));
+    let after_fault = || gaps.iter().filter(|(_, to)| *to > fault_at);
+    let stall_s = longest(after_fault());
+    let resumed_s = after_fault()
+        .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+        .map_or(0.0, |(_, to)| to - fault_at);
     Ok(Measured {
         stall_s,
+        resumed_s,
         longest_gap_s,
         acked: acked.len(),
         lost,
@@ -305,6 +319,7 @@ mod tests {
         );
         assert_eq!(m.io_errors, 1);
         assert!((m.stall_s - 7.2).abs() < 1e-9, "{}", m.stall_s);
+        assert!((m.resumed_s - 7.15).abs() < 1e-9, "{}", m.resumed_s);
         assert!((m.longest_gap_s - 7.2).abs() < 1e-9);
     }
 
