@@ -950,8 +950,11 @@ async fn storage_health_follows_the_export() {
 /// when nobody holds the VIP), then back.
 #[tokio::test]
 async fn storage_health_over_nfs_follows_the_server() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    // The port stays bound, never listening, for the whole test: a freed port can be
+    // taken by any other socket on the machine (or chosen as a connect's own source
+    // port, which connects to itself), and the "down" server would answer. CI saw that.
+    let (holder, port) = bound_not_listening();
+    let listener = listen_on(port);
     let mut f = Fixture::with(|_, config| {
         config.transport = Transport::Nfs {
             default_server: Some("127.0.0.1".into()),
@@ -982,9 +985,59 @@ async fn storage_health_over_nfs_follows_the_server() {
             "StorageUnreachable".to_string()
         )]
     );
-    let _back = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _back = listen_on(port);
     assert_eq!(f.storage_health().await, []);
     assert_eq!(f.volume_health("v1/test/pvc-x", "").await.unwrap(), []);
+    drop(holder);
+}
+
+/// A TCP socket bound to a free loopback port with SO_REUSEADDR, not listening:
+/// connects to the port are refused, and no one else gets the port while it lives.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, setsockopt, socket,
+        sockopt::ReuseAddr,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, ReuseAddr, &true).unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .unwrap();
+    let port = getsockname::<SockaddrIn>(std::os::fd::AsRawFd::as_raw_fd(&fd))
+        .unwrap()
+        .port();
+    (fd, port)
+}
+
+/// A listener on `port` beside [`bound_not_listening`]'s holder (both SO_REUSEADDR).
+fn listen_on(port: u16) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt::ReuseAddr,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, ReuseAddr, &true).unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, port),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(16).unwrap()).unwrap();
+    fd
 }
 
 /// Access modes on the node (CSI AccessMode; csi-sanity v5.6.0 checks RWOP): a
