@@ -40,17 +40,25 @@ pub fn now_unix() -> f64 {
         .as_secs_f64()
 }
 
-/// The guest's clock minus the host's (seconds), and the uncertainty of that (half the
-/// round trip of the `date` that read it).
+/// The guest's clock minus the host's (seconds), and the uncertainty of that: half the
+/// round trip of the `date` that read it, the shortest of three (one command in a TCG
+/// guest takes 0.3-1 s).
 pub fn guest_offset(vm: &Vm) -> Result<(f64, f64), Error> {
-    let before = now_unix();
-    let out = vm.run("date +%s.%N", Duration::from_secs(30))?;
-    let after = now_unix();
-    let guest: f64 = out
-        .trim()
-        .parse()
-        .map_err(|e| format!("{}: date printed {out:?}: {e}", vm.name()))?;
-    Ok((guest - (before + after) / 2.0, (after - before) / 2.0))
+    let mut best: Option<(f64, f64)> = None;
+    for _ in 0..3 {
+        let before = now_unix();
+        let out = vm.run("date +%s.%N", Duration::from_secs(30))?;
+        let after = now_unix();
+        let guest: f64 = out
+            .trim()
+            .parse()
+            .map_err(|e| format!("{}: date printed {out:?}: {e}", vm.name()))?;
+        let reading = (guest - (before + after) / 2.0, (after - before) / 2.0);
+        if best.is_none_or(|(_, half)| reading.1 < half) {
+            best = Some(reading);
+        }
+    }
+    best.ok_or_else(|| "no clock reading".into())
 }
 
 /// Unix seconds of a tracing timestamp such as `2026-12-02T03:40:01.123456Z`.

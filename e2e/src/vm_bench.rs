@@ -6,10 +6,13 @@
 //! the peer's `nfsplugin` (its CreateVolume mounts the export to make a directory). The
 //! node plugin is the cluster's (also in the client VM). For the data path three
 //! directories are compared: a hanfs volume published through CSI, a plain
-//! `mount -t nfs4 VIP:/export` with default options, and a volume the peer published.
-//! The plain mount and the peer need the whole export, which hanfs no longer exports
-//! (per-volume ACLs): the bench exports `/export` to the client address for the run, in
-//! its own exports file on the active server.
+//! `mount -t nfs4` of [`PEER_SHARE`] with default options, and a volume the peer published.
+//! The plain mount and the peer need an export of their own to mount: hanfs exports only
+//! each volume, to the nodes it is published to. The bench exports one directory of the
+//! same filesystem, [`PEER_SHARE`], to the client address for the run, in its own
+//! exports file on the active server. (With all of `/export` exported instead, the
+//! NFS mount of hanfs's own volume failed with EPERM in the one run that tried it; the
+//! nested export is not needed, so that was not pursued.)
 //!
 //! Nothing of the peer is part of hanfs: its binary is taken by path
 //! (`--peer-nfsplugin`, see bench/README.md) and copied into the VM for the run.
@@ -25,6 +28,8 @@ use std::time::{Duration, Instant};
 const RUN_DIR: &str = "/run/hanfs-bench";
 const PLAIN_MOUNT: &str = "/mnt/bench-plain";
 const PEER_TARGET: &str = "/mnt/bench-peer";
+/// The directory the plain mount and the peer use, beside `/export/volumes`.
+pub const PEER_SHARE: &str = "/export/bench-peer";
 /// The bench's own exports file on the active (the agent's `exportfs -r` keeps it).
 const EXPORTS_FILE: &str = "/etc/exports.d/hanfs-bench.exports";
 /// The whole bench run in the VM may take this long (the peer mounts NFS per create).
@@ -68,7 +73,7 @@ pub fn run(clock: Clock, opts: &Options) -> Result<String, Error> {
 fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
     let client = hc.client();
     let share = client.share_dir();
-    export_whole_tree(hc)?;
+    export_peer_share(hc)?;
     start_controller(hc, &share)?;
     let peer = match &opts.peer_nfsplugin {
         Some(path) => {
@@ -84,7 +89,7 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
     let (_, hanfs_dir) = hc.published_volume("bench-data", "256Mi")?;
     client.run(
         &format!(
-            "mkdir -p {PLAIN_MOUNT} && mount -t nfs4 {VIP}:/export {PLAIN_MOUNT} && \
+            "mkdir -p {PLAIN_MOUNT} && mount -t nfs4 {VIP}:{PEER_SHARE} {PLAIN_MOUNT} && \
              mkdir -p {PLAIN_MOUNT}/bench-plain"
         ),
         SHORT,
@@ -119,7 +124,7 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
             "--peer-param".into(),
             format!("server={VIP}"),
             "--peer-param".into(),
-            "share=/export".into(),
+            format!("share={PEER_SHARE}"),
             "--peer-nfsplugin".into(),
             "/usr/local/bin/nfsplugin".into(),
         ]);
@@ -152,14 +157,14 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
     Ok(out)
 }
 
-/// `/export` to the client address only, for the plain mount and the peer.
-fn export_whole_tree(hc: &HanfsCluster) -> Result<(), Error> {
+/// [`PEER_SHARE`] to the client address only, for the plain mount and the peer.
+fn export_peer_share(hc: &HanfsCluster) -> Result<(), Error> {
     let active = hc.active(None).ok_or("no active storage server")?;
     hc.vm(&active).run(
         &format!(
-            "mkdir -p /etc/exports.d && \
-             echo '/export {CLIENT_IP}(rw,no_root_squash,no_subtree_check,sync)' > {EXPORTS_FILE} && \
-             exportfs -r && exportfs -v | grep -q '^/export[[:space:]]'"
+            "mkdir -p /etc/exports.d {PEER_SHARE} && \
+             echo '{PEER_SHARE} {CLIENT_IP}(rw,no_root_squash,no_subtree_check,sync)' > {EXPORTS_FILE} && \
+             exportfs -r && exportfs -v | grep -q '^{PEER_SHARE}[[:space:]]'"
         ),
         SHORT,
     )?;
@@ -222,7 +227,7 @@ fn publish_peer_volume(hc: &HanfsCluster) -> Result<(), Error> {
     let created = hc.client().run(
         &format!(
             "hanfsctl {peer} volume create bench-peer-data --size 256Mi \
-               --param server={VIP} --param share=/export"
+               --param server={VIP} --param share={PEER_SHARE}"
         ),
         SHORT,
     )?;
@@ -230,7 +235,7 @@ fn publish_peer_volume(hc: &HanfsCluster) -> Result<(), Error> {
     hc.client().run(
         &format!(
             "hanfsctl {peer} publish '{id}' {PEER_TARGET} --context server={VIP} \
-               --context share=/export --context subdir=bench-peer-data"
+               --context share={PEER_SHARE} --context subdir=bench-peer-data"
         ),
         SHORT,
     )?;
