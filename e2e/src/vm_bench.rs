@@ -164,7 +164,7 @@ fn export_peer_share(hc: &HanfsCluster) -> Result<(), Error> {
         &format!(
             "mkdir -p /etc/exports.d {PEER_SHARE} && \
              echo '{PEER_SHARE} {CLIENT_IP}(rw,no_root_squash,no_subtree_check,sync)' > {EXPORTS_FILE} && \
-             exportfs -r && exportfs -v | grep -q '^{PEER_SHARE}[[:space:]]'"
+             exportfs -r && exportfs -v | grep -qE '^{PEER_SHARE}([[:space:]]|$)'"
         ),
         SHORT,
     )?;
