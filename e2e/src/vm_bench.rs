@@ -86,8 +86,10 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
     hc.clock
         .log("bench: hanfs-controller and the peer up in the client VM");
 
-    // The data-path directories: hanfs's through CSI, the plain mount, the peer's.
-    let (_, hanfs_dir) = hc.published_volume("bench-data", "256Mi")?;
+    // The data-path directories: hanfs's through CSI, the plain mount, the peer's. The
+    // export is 448 MiB and hanfs reserves what it promises: 96 MiB here leaves room for
+    // a few hundred 1 MiB volumes (`--volumes`) beside a 64 MiB data file.
+    let (_, hanfs_dir) = hc.published_volume("bench-data", "96Mi")?;
     client.run(
         &format!(
             "mkdir -p {PLAIN_MOUNT} && mount -t nfs4 {VIP}:{PEER_SHARE} {PLAIN_MOUNT} && \
