@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 /// Where the bench's sockets and mounts live in the client VM.
 const RUN_DIR: &str = "/run/hanfs-bench";
 const PLAIN_MOUNT: &str = "/mnt/bench-plain";
+/// The same directory mounted with hanfs-node's own options (is it the options?).
+const PLAIN_HANFS_OPTIONS_MOUNT: &str = "/mnt/bench-plain-hanfs-options";
+/// The hanfs volume's export mounted by `mount -t nfs4` (is it the volume: quota, export?).
+const VOLUME_PLAIN_MOUNT: &str = "/mnt/bench-volume-plain";
 const PEER_TARGET: &str = "/mnt/bench-peer";
 /// The directory the plain mount and the peer use, beside `/export/volumes`.
 pub const PEER_SHARE: &str = "/export/bench-peer";
@@ -42,6 +46,8 @@ pub struct Options {
     pub bench_args: Vec<String>,
     /// Where the bench's tables and pictures are copied on the host.
     pub out: PathBuf,
+    /// Only the data path (no provisioning and footprint rows).
+    pub data_path_only: bool,
 }
 
 /// Boots the cluster, runs the bench, copies its output to `opts.out`, tears down.
@@ -97,9 +103,34 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
         ),
         SHORT,
     )?;
+    // Two more, to tell what a difference comes from: the plain directory mounted with
+    // hanfs-node's options, and hanfs's volume mounted plainly (its export admits the
+    // client since the publish above).
+    let hanfs_options = node::config::DEFAULT_NFS_OPTIONS.join(",");
+    let volume_source = client.run(
+        "awk '$2 ~ \"/bench-data/globalmount$\" {print $1}' /proc/mounts",
+        SHORT,
+    )?;
+    let volume_source = volume_source
+        .lines()
+        .next()
+        .filter(|s| s.starts_with(&format!("{VIP}:/")))
+        .ok_or_else(|| format!("no NFS mount of bench-data in the client: {volume_source:?}"))?
+        .to_owned();
+    client.run(
+        &format!(
+            "mkdir -p {PLAIN_HANFS_OPTIONS_MOUNT} {VOLUME_PLAIN_MOUNT} && \
+             mount -t nfs4 -o {hanfs_options} {VIP}:{PEER_SHARE} {PLAIN_HANFS_OPTIONS_MOUNT} && \
+             mkdir -p {PLAIN_HANFS_OPTIONS_MOUNT}/bench-plain-hanfs-options && \
+             mount -t nfs4 {volume_source} {VOLUME_PLAIN_MOUNT}"
+        ),
+        SHORT,
+    )?;
     let mut data_paths = vec![
         format!("hanfs={hanfs_dir}"),
         format!("plain-nfs4={PLAIN_MOUNT}/bench-plain"),
+        format!("plain-nfs4, hanfs options={PLAIN_HANFS_OPTIONS_MOUNT}/bench-plain-hanfs-options"),
+        format!("hanfs volume, plain mount={VOLUME_PLAIN_MOUNT}"),
     ];
     if peer {
         publish_peer_volume(hc)?;
@@ -111,16 +142,20 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
 
     let mut argv = vec![
         "hanfs-bench".to_owned(),
-        "--vm".into(),
         "--skip-local".into(),
         "--bin-dir".into(),
         "/hanfs/bin".into(),
         "--out".into(),
         "/hanfs/share/bench-out".into(),
-        "--hanfs-controller".into(),
-        format!("unix://{RUN_DIR}/controller.sock"),
     ];
-    if peer {
+    if !opts.data_path_only {
+        argv.extend([
+            "--vm".into(),
+            "--hanfs-controller".into(),
+            format!("unix://{RUN_DIR}/controller.sock"),
+        ]);
+    }
+    if peer && !opts.data_path_only {
         argv.extend([
             "--peer-controller".into(),
             format!("unix://{RUN_DIR}/peer.sock"),
@@ -157,6 +192,8 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
         started.elapsed().as_secs_f64()
     ));
     copy_out(&share.join("bench-out"), &opts.out)?;
+    // Each round's figures are in the bench's log (stderr).
+    fs::copy(share.join("bench.log"), opts.out.join("bench.log"))?;
     Ok(out)
 }
 

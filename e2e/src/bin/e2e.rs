@@ -9,7 +9,7 @@
 //!   hanfs-e2e acl      only the per-volume export ACL scenario (also part of ci/matrix)
 //!   hanfs-e2e volume-calls  only CSI creates/deletes/snapshots in a loop through a hard
 //!                      kill (also part of the matrix; `--skip-volume-calls` there)
-//!   hanfs-e2e bench [--peer-nfsplugin PATH] [--out DIR] [hanfs-bench options]
+//!   hanfs-e2e bench [--peer-nfsplugin PATH] [--out DIR] [--data-path-only] [hanfs-bench options]
 //!                      hanfs-bench in the client VM: hanfs beside csi-driver-nfs on the
 //!                      HA export (see `e2e::vm_bench`); tables on stdout, files in DIR
 //!
@@ -357,6 +357,7 @@ fn bench(args: &[String]) -> ! {
         peer_nfsplugin: None,
         bench_args: Vec::new(),
         out: PathBuf::from("bench/out/vm"),
+        data_path_only: false,
     };
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
@@ -370,6 +371,7 @@ fn bench(args: &[String]) -> ! {
         match arg.as_str() {
             "--peer-nfsplugin" => opts.peer_nfsplugin = Some(PathBuf::from(value(arg))),
             "--out" => opts.out = PathBuf::from(value(arg)),
+            "--data-path-only" => opts.data_path_only = true,
             _ => opts.bench_args.push(arg.clone()),
         }
     }
