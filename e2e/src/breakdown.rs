@@ -32,12 +32,9 @@ const STEPS: &[&str] = &[
     "AddVip",
 ];
 
-/// Unix seconds now, on the host's clock.
-pub fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
+/// Unix seconds now, on the host's clock (a clock before 1970 is an error, not a 0).
+pub fn now_unix() -> Result<f64, Error> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64())
 }
 
 /// The guest's clock minus the host's (seconds), and the uncertainty of that: half the
@@ -46,9 +43,9 @@ pub fn now_unix() -> f64 {
 pub fn guest_offset(vm: &Vm) -> Result<(f64, f64), Error> {
     let mut best: Option<(f64, f64)> = None;
     for _ in 0..3 {
-        let before = now_unix();
+        let before = now_unix()?;
         let out = vm.run("date +%s.%N", Duration::from_secs(30))?;
-        let after = now_unix();
+        let after = now_unix()?;
         let guest: f64 = out
             .trim()
             .parse()
@@ -161,8 +158,9 @@ pub fn describe(marks: &[Mark], resumed_s: f64, uncertainty_s: f64) -> String {
         let took = marks
             .get(i + 1)
             .filter(|_| STEPS.contains(&mark.what.as_str()))
-            .map(|next| format!(" ({:.2})", next.at_s - mark.at_s))
-            .unwrap_or_default();
+            .map_or(String::new(), |next| {
+                format!(" ({:.2})", next.at_s - mark.at_s)
+            });
         parts.push(format!("{} {:.2}{took}", mark.what, mark.at_s));
     }
     parts.push(format!("first ack {resumed_s:.2}"));

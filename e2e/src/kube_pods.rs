@@ -873,7 +873,7 @@ impl<'a> KubeNode<'a> {
             .into());
         }
         clock.log(&format!("pod {scenario}: fault"));
-        let fault_unix = crate::breakdown::now_unix();
+        let fault_unix = crate::breakdown::now_unix()?;
         fault()?;
         clock.log(&format!("pod {scenario}: fault injected"));
         let done = self.wait_pod(

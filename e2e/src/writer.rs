@@ -124,7 +124,7 @@ pub fn run_trial(
         .trim()
         .parse()?;
     clock.log(&format!("{setup} {scenario}: fault"));
-    let fault_unix = crate::breakdown::now_unix();
+    let fault_unix = crate::breakdown::now_unix()?;
     fault()?;
     clock.log(&format!("{setup} {scenario}: fault injected"));
     let deadline = Instant::now() + Duration::from_secs(u64::from(writer.seconds) + 240);
