@@ -108,7 +108,7 @@ fn common_tls_files(dir: &Path) -> TlsPaths {
 }
 
 /// Copies the plain files of `from` into `to` (created), keeping their modes.
-fn copy_dir_files(from: &Path, to: &Path) -> Result<(), Error> {
+pub fn copy_dir_files(from: &Path, to: &Path) -> Result<(), Error> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;

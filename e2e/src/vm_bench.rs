@@ -20,7 +20,9 @@
 
 use crate::Clock;
 use crate::Error;
-use crate::cluster::{CLIENT, CLIENT_IP, CLUSTER_ID, HanfsCluster, SHORT, TLS_CONTROLLER_DIR, VIP};
+use crate::cluster::{
+    CLIENT, CLIENT_IP, CLUSTER_ID, HanfsCluster, SHORT, TLS_CONTROLLER_DIR, VIP, copy_dir_files,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -191,7 +193,7 @@ fn run_on(hc: &HanfsCluster, opts: &Options) -> Result<String, Error> {
         "bench: done in {:.0} s",
         started.elapsed().as_secs_f64()
     ));
-    copy_out(&share.join("bench-out"), &opts.out)?;
+    copy_dir_files(&share.join("bench-out"), &opts.out)?;
     // Each round's figures are in the bench's log (stderr).
     fs::copy(share.join("bench.log"), opts.out.join("bench.log"))?;
     Ok(out)
@@ -295,15 +297,4 @@ fn wait_socket(hc: &HanfsCluster, socket: &str, what: &str) -> Result<(), Error>
         std::thread::sleep(Duration::from_millis(300));
     }
     Err(format!("{what} made no socket {socket} within {SHORT:?}").into())
-}
-
-fn copy_out(from: &Path, to: &Path) -> Result<(), Error> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
-    }
-    Ok(())
 }
