@@ -67,8 +67,11 @@ impl HaConfig {
             renew_interval: lease_duration / 6,
             renew_deadline: lease_duration * 2 / 3,
             last_resort_after: lease_duration * 5 / 6,
-            // Room for a promotion that runs DRBD's fence-peer handler (a Lease write).
-            gated_step_timeout: lease_duration / 4,
+            // Room for a promotion that runs DRBD's fence-peer handler (a Lease write),
+            // as much as the rules allow with margin (the check: under renew_deadline -
+            // renew_interval = 1/2): `drbdadm primary` alone took 0.5-0.6 s in the test
+            // VMs (TCG), too close to a quarter of a 3 s Lease.
+            gated_step_timeout: lease_duration * 5 / 12,
             health_failures_to_step_down: 2,
         }
     }
