@@ -42,6 +42,10 @@ struct Pair {
     link_up: bool,
     steps: Vec<(usize, String)>,
     last_resorts: [u32; 2],
+    /// The reason of each last resort, in order (it says how late it came).
+    last_resort_reasons: Vec<String>,
+    /// An unmount that hangs (a filesystem held open): standing down cannot finish.
+    unmount_hangs: bool,
 }
 
 /// Test double for DRBD + mount + nfsd (named as such on purpose); the VIP is real.
@@ -83,6 +87,12 @@ impl Stack for RecordingDrbdNfsDouble {
 
     async fn run(&self, step: &StackAction) -> Result<(), StepError> {
         let failed = |e: &dyn std::fmt::Display| StepError::Failed(e.to_string());
+        let hangs = self.pair.lock().unwrap().unmount_hangs;
+        if *step == StackAction::Unmount && hangs {
+            // Until the agent's step timeout ends it.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return Err(StepError::Failed("unmount hung".into()));
+        }
         match step {
             StackAction::AddVip => {
                 self.vip.add().await.map_err(|e| failed(&e))?;
@@ -122,10 +132,11 @@ impl Stack for RecordingDrbdNfsDouble {
         Ok(())
     }
 
-    async fn last_resort(&self, _reason: &str) {
+    async fn last_resort(&self, reason: &str) {
         let _ = self.vip.remove().await;
         let mut pair = self.pair.lock().unwrap();
         pair.last_resorts[self.side] += 1;
+        pair.last_resort_reasons.push(reason.to_owned());
         pair.role[self.side] = Some(Role::Secondary);
         pair.stack[self.side] = StackView::default();
     }
@@ -139,14 +150,18 @@ async fn kube_client(kubeconfig: &Path) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-fn lease_client(client: kube::Client, node: &str) -> LeaseClient {
+/// How long one Lease call may take in these tests (the agent's own bound is a sixth of
+/// the Lease, 500 ms here; more room for a loaded test host).
+const LEASE_CALL_TIMEOUT: Duration = Duration::from_millis(800);
+
+fn lease_client(client: kube::Client, node: &str, call_timeout: Duration) -> LeaseClient {
     LeaseClient::new(
         client,
         "default",
         "hanfs-export",
         node,
         Duration::from_millis(LEASE_MS),
-        Duration::from_millis(800),
+        call_timeout,
     )
 }
 
@@ -182,10 +197,43 @@ struct Cluster {
     vip: Ipv4Addr,
     state: tempfile::TempDir,
     t0: Instant,
+    /// The API server's files; removed last.
+    _workdir: tempfile::TempDir,
 }
 
 impl Cluster {
+    fn new() -> Self {
+        let topology = Topology::new(2).unwrap();
+        let workdir = tempfile::tempdir().unwrap();
+        let api =
+            KubeApiServer::start(topology.core_ns(), topology.core_ip(), workdir.path()).unwrap();
+        let vip = topology.subnet_ip(100);
+        let c = Cluster {
+            topology,
+            api,
+            pair: Arc::new(Mutex::new(Pair {
+                link_up: true,
+                ..Default::default()
+            })),
+            vip,
+            state: tempfile::tempdir().unwrap(),
+            agents: [None, None],
+            t0: Instant::now(),
+            _workdir: workdir,
+        };
+        c.log(&format!(
+            "kube-apiserver ready in {:.1}s",
+            c.api.startup_time().as_secs_f64()
+        ));
+        c
+    }
+
     fn start_agent(&mut self, side: usize) {
+        self.start_agent_with(side, LEASE_CALL_TIMEOUT);
+    }
+
+    /// Starts the agent of `side` whose Lease calls give up after `call_timeout`.
+    fn start_agent_with(&mut self, side: usize, call_timeout: Duration) {
         let ns = self.topology.member_ns(side).to_owned();
         let kubeconfig = self.api.kubeconfig();
         let state_dir = self.state.path().join(NAMES[side]);
@@ -207,7 +255,8 @@ impl Cluster {
                     step_timeout: Duration::from_secs(5),
                 };
                 let stack = RecordingDrbdNfsDouble { side, pair, vip };
-                let agent = Agent::new(config, lease_client(client, NAMES[side]), stack);
+                let lease = lease_client(client, NAMES[side], call_timeout);
+                let agent = Agent::new(config, lease, stack);
                 handle_tx.send(agent.handle()).unwrap();
                 agent
                     .run(async {
@@ -288,26 +337,7 @@ impl Cluster {
 
 #[test]
 fn two_agents_share_one_lease_on_a_real_apiserver() {
-    let topology = Topology::new(2).unwrap();
-    let workdir = tempfile::tempdir().unwrap();
-    let api = KubeApiServer::start(topology.core_ns(), topology.core_ip(), workdir.path()).unwrap();
-    let vip = topology.subnet_ip(100);
-    let mut c = Cluster {
-        topology,
-        api,
-        pair: Arc::new(Mutex::new(Pair {
-            link_up: true,
-            ..Default::default()
-        })),
-        vip,
-        state: tempfile::tempdir().unwrap(),
-        agents: [None, None],
-        t0: Instant::now(),
-    };
-    c.log(&format!(
-        "kube-apiserver ready in {:.1}s",
-        c.api.startup_time().as_secs_f64()
-    ));
+    let mut c = Cluster::new();
     let limit = Duration::from_millis(LEASE_MS * 4);
 
     // 1. Acquisition: exactly one becomes active.
@@ -434,7 +464,7 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let state_dir = c.state.path().join(NAMES[active]);
     let (code, message) = block_on_in(&fence_ns, move || async move {
         let client = kube_client(&kubeconfig).await;
-        let lease = lease_client(client, NAMES[active]);
+        let lease = lease_client(client, NAMES[active], LEASE_CALL_TIMEOUT);
         drbd_backend::ha::fence::fence_peer(
             &lease,
             NAMES[active],
@@ -458,7 +488,11 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     let kubeconfig = c.api.kubeconfig();
     let state_dir = c.state.path().join(NAMES[standby]);
     let (code, _) = block_on_in(&fence_ns, move || async move {
-        let lease = lease_client(kube_client(&kubeconfig).await, NAMES[standby]);
+        let lease = lease_client(
+            kube_client(&kubeconfig).await,
+            NAMES[standby],
+            LEASE_CALL_TIMEOUT,
+        );
         drbd_backend::ha::fence::fence_peer(
             &lease,
             NAMES[standby],
@@ -577,4 +611,53 @@ fn two_agents_share_one_lease_on_a_real_apiserver() {
     for agent in c.agents.iter_mut().flatten() {
         agent.stop();
     }
+}
+
+/// The backstop fires on time however long a Lease call blocks. The holder's API server
+/// freezes (SIGSTOP: its calls hang) while its stand-down cannot finish (the unmount
+/// hangs), so the node is still Primary when the peer may take over: it must reboot or
+/// freeze at `last_resort_after` (2.5 s of the 3 s Lease), not when a hung Lease call
+/// gives up (10 s here). A soak found the Lease lane alone acting at 3.15 s of a 3 s Lease.
+#[test]
+fn the_last_resort_comes_on_time_however_long_a_lease_call_blocks() {
+    let mut c = Cluster::new();
+    let config = HaConfig::with_lease(NAMES[0], NAMES[1], LEASE_MS);
+    let hung_call = Duration::from_secs(10);
+    c.start_agent_with(0, hung_call);
+    c.wait_for(
+        "storage-a active",
+        Duration::from_millis(LEASE_MS * 4),
+        |c| c.serving(0),
+    );
+    c.pair.lock().unwrap().unmount_hangs = true;
+    let apiserver = nix::unistd::Pid::from_raw(c.api.apiserver_pid() as i32);
+    nix::sys::signal::kill(apiserver, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    c.log("kube-apiserver frozen: every Lease call hangs");
+    let waited = c.wait_for(
+        "a last resort",
+        hung_call + Duration::from_millis(LEASE_MS),
+        |c| c.pair.lock().unwrap().last_resorts[0] > 0,
+    );
+    nix::sys::signal::kill(apiserver, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let reason = c.pair.lock().unwrap().last_resort_reasons[0].clone();
+    // "still Primary ... N ms after the last Lease renewal (limit M ms) ..."
+    let late_ms: u64 = reason
+        .split(" ms after the last Lease renewal")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no age in the last resort's reason: {reason:?}"));
+    c.log(&format!(
+        "last resort {:.2}s after the freeze, {late_ms} ms after the last renewal (at {} ms; the peer may take over at {LEASE_MS} ms)",
+        waited.as_secs_f64(),
+        config.last_resort_after
+    ));
+    assert!(
+        late_ms >= config.last_resort_after,
+        "a last resort before its time: {reason}"
+    );
+    assert!(
+        late_ms < LEASE_MS,
+        "the last resort came after the Lease could expire: {reason}"
+    );
 }

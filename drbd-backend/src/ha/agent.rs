@@ -254,9 +254,12 @@ impl<S: Stack, L: LeaseStore> Agent<S, L> {
             self.handle.clone(),
         );
         let stack_lane = stack_lane(self.config.clone(), self.stack.clone(), self.handle.clone());
+        let deadline_lane =
+            deadline_lane(self.config.clone(), self.stack.clone(), self.handle.clone());
         tokio::select! {
             _ = lease_lane => {}
             _ = stack_lane => {}
+            _ = deadline_lane => {}
             _ = shutdown => tracing::info!("agent stopping"),
         }
     }
@@ -321,6 +324,36 @@ async fn lease_lane<S: Stack, L: LeaseStore>(
             store_tenure(&config.state_dir, &tenure);
         }
         log_notes(notes);
+    }
+}
+
+/// How often [`deadline_lane`] looks: a small part of the margin between the last resort
+/// and the Lease's expiry (a sixth of the Lease: 1 s at the 6 s default).
+const DEADLINE_WATCH: Duration = Duration::from_millis(50);
+
+/// The last resort on time. The Lease lane decides only between its calls, and each call
+/// may block up to its timeout: in a soak with a loaded API server (3 s Lease, calls
+/// bounded at 500 ms) a read and a write in a row held it until the node was still
+/// Primary 3.15 s after its last renewal, past the Lease itself, before it acted. This
+/// lane does no I/O of its own, so a slow API server cannot hold it; it acts once per
+/// overdue spell (the Lease lane may act too: both reboot or freeze, never undo).
+async fn deadline_lane<S: Stack>(config: AgentConfig, stack: Arc<S>, handle: AgentHandle) {
+    let mut ticks = tokio::time::interval(DEADLINE_WATCH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acted = false;
+    loop {
+        ticks.tick().await;
+        let now = handle.now();
+        let due = handle.lock().decide(&config.ha, now).last_resort;
+        match due {
+            Some(reason) if !acted => {
+                acted = true;
+                tracing::error!(%reason, "LAST RESORT (deadline watch)");
+                stack.last_resort(&reason).await;
+            }
+            Some(_) => {}
+            None => acted = false,
+        }
     }
 }
 
