@@ -205,8 +205,48 @@ fn lease_client(file: &AgentFile, client: kube::Client) -> LeaseClient {
     )
 }
 
+/// Sets every thread of this process to `nice` (Linux keeps a nice value per thread; the
+/// runtime's threads exist already, and threads and tools started later inherit it). A
+/// refusal (no CAP_SYS_NICE) is logged, not fatal: the agent works, only less surely
+/// under CPU starvation.
+fn set_priority(nice: i32) {
+    let tasks = match std::fs::read_dir("/proc/self/task") {
+        Ok(tasks) => tasks,
+        Err(error) => {
+            tracing::warn!(%error, nice, "cannot list this process's threads: priority unchanged");
+            return;
+        }
+    };
+    let mut refused = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        if rc != 0 {
+            refused.push(format!("{tid}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    if refused.is_empty() {
+        tracing::info!(nice, "agent priority set");
+    } else {
+        tracing::warn!(
+            nice,
+            ?refused,
+            "could not set the agent's priority on every thread"
+        );
+    }
+}
+
 async fn run_agent(path: &Path) -> Result<(), Error> {
     let file = AgentFile::load(path)?;
+    set_priority(file.nice);
     // Credentials first: a bad file stops the agent before it touches DRBD or the Lease.
     let token = credentials::read_optional_token(file.volume_api.token_file.as_deref())?;
     let volume_endpoint = Endpoint::parse(&file.volume_api.listen)?;
