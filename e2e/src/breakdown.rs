@@ -86,7 +86,7 @@ pub fn parse_stamp(stamp: &str) -> Option<f64> {
 
 /// The log line without terminal colour codes (the agent's log is a redirected stderr,
 /// and tracing's formatter colours it anyway).
-fn plain(line: &str) -> String {
+pub(crate) fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {

@@ -30,8 +30,24 @@ pub const CLUSTER_ID: &str = "e2e";
 /// in the client VM: laid out like kubelet's root, but not kubelet's, which the client's
 /// real kubelet owns (it would take these for orphaned pod folders).
 pub const STANDALONE_ROOT: &str = "/var/lib/hanfs-e2e";
-/// The Lease duration the agents run with (the default an admin gets).
+/// The Lease duration the agents run with unless `HANFS_E2E_LEASE_MS` says otherwise: the
+/// default an admin gets (`lease.duration_ms` in the agent config, `ha.lease.durationMs`
+/// in the chart).
 pub const LEASE_MS: u64 = 6000;
+
+/// The Lease duration of this run: `HANFS_E2E_LEASE_MS` (to measure another duration, as
+/// the soak does), else [`LEASE_MS`]. The agent refuses less than 1500 ms.
+pub fn lease_ms() -> Result<u64, Error> {
+    match std::env::var("HANFS_E2E_LEASE_MS") {
+        Err(std::env::VarError::NotPresent) => Ok(LEASE_MS),
+        Err(e) => Err(format!("HANFS_E2E_LEASE_MS: {e}").into()),
+        Ok(v) => match v.parse::<u64>() {
+            Ok(ms) if ms >= 1500 => Ok(ms),
+            Ok(ms) => Err(format!("HANFS_E2E_LEASE_MS={ms}: the agent needs at least 1500").into()),
+            Err(e) => Err(format!("HANFS_E2E_LEASE_MS={v:?}: {e}").into()),
+        },
+    }
+}
 /// Size of each storage VM's DRBD backing disk.
 pub const DATA_DISK_MIB: u64 = 512;
 
@@ -48,11 +64,12 @@ pub const SHORT: Duration = Duration::from_secs(30);
 
 /// `thin`: sizes are limits only (the storage e2e suite asks for more GiB in total than a
 /// test VM's 512 MiB export holds; they never fill them).
-fn agent_config(node: &str, peer: &str, thin: bool) -> String {
-    format!(
+fn agent_config(node: &str, peer: &str, thin: bool) -> Result<String, Error> {
+    let lease_ms = lease_ms()?;
+    Ok(format!(
         r#"{{
   "node": "{node}", "peer": "{peer}",
-  "lease": {{ "namespace": "default", "name": "hanfs-export", "duration_ms": {LEASE_MS} }},
+  "lease": {{ "namespace": "default", "name": "hanfs-export", "duration_ms": {lease_ms} }},
   "kubeconfig": "/hanfs/share/kubeconfig",
   "state_dir": "/run/hanfs", "admin_socket": "/run/hanfs/admin.sock",
   "volume_api": {{ "listen": "tcp://0.0.0.0:9820", "token_file": "/hanfs/share/backend-token", "thin": {thin},
@@ -63,7 +80,7 @@ fn agent_config(node: &str, peer: &str, thin: bool) -> String {
   "vip": {{ "address": "{VIP}", "prefix_len": 24, "interface": "eth0" }},
   "last_resort": "reboot"
 }}"#
-    )
+    ))
 }
 
 /// Where [`write_pki`] puts the storage servers' and the controller's TLS files (under the
@@ -327,7 +344,7 @@ impl HanfsCluster {
             copy_dir_files(&self.workdir().join(TLS_SERVER_DIR), &share.join("tls"))?;
             fs::write(
                 share.join("agent.json"),
-                agent_config(name, STORAGE[1 - i], thin),
+                agent_config(name, STORAGE[1 - i], thin)?,
             )?;
         }
         crate::writer::install(self.client())?;

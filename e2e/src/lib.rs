@@ -12,6 +12,9 @@
 //!   records; [`stock`]: the same hard kill with the hand-built setup people run today;
 //!   [`health_probe`]: NodeGetStorageHealth watched through a hard kill; [`breakdown`]:
 //!   where each failover's stall went, from the new active's agent log.
+//! - [`soak`]: the Lease soak: writer, volume churn and API load for half an hour with
+//!   nothing failing, counting unplanned hand-overs and how close renewals came to the
+//!   renew deadline (what proves a Lease duration safe).
 //! - [`kube_pods`]: the client VM as a kubelet node, the chart `helm install`ed, workload
 //!   pods writing through failovers.
 //! - [`storage_suite`]: Kubernetes' external-storage e2e suite against that node.
@@ -34,6 +37,7 @@ pub mod kube_pods;
 pub mod report;
 pub mod sanity;
 pub mod scenarios;
+pub mod soak;
 pub mod stock;
 pub mod storage_suite;
 pub mod vm_bench;

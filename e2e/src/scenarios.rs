@@ -336,7 +336,7 @@ impl<'a> Runner<'a> {
             std::thread::sleep(Duration::from_secs(8));
             self.hc.vm(active).kill()?;
             self.hc.restart_storage(standby)?;
-            std::thread::sleep(Duration::from_secs(3 * crate::cluster::LEASE_MS / 1000));
+            std::thread::sleep(Duration::from_millis(3 * crate::cluster::lease_ms()?));
             outdated_served = Some(self.hc.active(None));
             self.hc.restart_storage(active)?;
             Ok(())

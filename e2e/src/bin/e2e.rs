@@ -7,6 +7,9 @@
 //!                      the stock setup's hard kill for comparison
 //!   hanfs-e2e stock    only the stock setup's hard kills (with and without a lock)
 //!   hanfs-e2e acl      only the per-volume export ACL scenario (also part of ci/matrix)
+//!   hanfs-e2e soak [--minutes N]  only the Lease soak (see `e2e::soak`): writer, volume
+//!                      churn and API load for N minutes (default 30), counting unplanned
+//!                      hand-overs; `HANFS_E2E_LEASE_MS` sets the Lease it soaks
 //!   hanfs-e2e volume-calls  only CSI creates/deletes/snapshots in a loop through a hard
 //!                      kill (also part of the matrix; `--skip-volume-calls` there)
 //!   hanfs-e2e bench [--peer-nfsplugin PATH] [--out DIR] [--data-path-only] [hanfs-bench options]
@@ -20,7 +23,9 @@
 //!
 //! Options: `--only a,b` runs only those scenarios (matrix; `pod-hard-kill` etc. included),
 //! `--skip-sanity`, `--skip-stock`, `--skip-pods`, `--hard-kills N`, `--switchovers N`,
-//! `--pod-trials N` (each `pod-` scenario; default 5).
+//! `--stock-trials N` (the stock setup's hard kills; default: as many as `--hard-kills`),
+//! `--pod-trials N` (each `pod-` scenario; default 5), `--soak-minutes N` (the Lease soak
+//! before the trials). `HANFS_E2E_LEASE_MS` runs the agents with another Lease duration.
 //! Prints the tables on stdout and ends with `e2e: N passed, M failed`.
 //! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
 
@@ -29,7 +34,7 @@ use e2e::kube_pods::{Artifacts, KubeNode};
 use e2e::scenarios::{ALL, Runner, UNDER_POD};
 use e2e::writer::Trial;
 use e2e::{
-    Clock, Error, acl, report, sanity, stock, storage_suite, volume_calls, volume_checks,
+    Clock, Error, acl, report, sanity, soak, stock, storage_suite, volume_calls, volume_checks,
     volume_load,
 };
 use std::path::PathBuf;
@@ -53,6 +58,8 @@ struct Plan {
     pod_trials: Vec<(String, bool)>,
     /// Locks of the stock setup's hard-kill trials (empty: no stock run).
     stock: Vec<bool>,
+    /// The Lease soak ([`soak`]) for this many minutes, before the failover trials.
+    soak_minutes: Option<u64>,
     /// Run Kubernetes' storage e2e suite on the kubelet node (focus: run.sh's default
     /// unless given), bounded by the minutes given.
     storage_e2e: Option<(Option<String>, u64)>,
@@ -81,7 +88,19 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
     let mut acl_only = false;
     let mut volume_calls = false;
     let mut volume_load = false;
+    let mut soak_minutes = value("--soak-minutes")
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|e| format!("--soak-minutes {v:?}: {e}"))
+        })
+        .transpose()?;
     match mode {
+        "soak" => {
+            // The soak alone: the cluster, a published volume, nothing else.
+            quick = true;
+            acl_only = true;
+            soak_minutes = Some(number("--minutes", 30)? as u64);
+        }
         "volume-calls" => {
             quick = true;
             acl_only = true;
@@ -138,10 +157,12 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
                 trials.extend((0..count).map(|i| (name.to_string(), i % 2 == 0)));
             }
             if !flag("--skip-stock") && only.contains(&"hard-kill") {
-                stock = vec![true, false];
+                // As many as hanfs's hard kills by default, so both rows have a median.
+                let count = number("--stock-trials", number("--hard-kills", 5)?)?;
+                stock = (0..count).map(|i| i % 2 == 0).collect();
             }
         }
-        _ => return Err("usage: hanfs-e2e ci|matrix|stock|acl|volume-calls|volume-load|bench [--skip-acl] [--skip-volume-calls] [--skip-volume-load] [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] [--pod-trials N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
+        _ => return Err("usage: hanfs-e2e ci|matrix|stock|acl|volume-calls|volume-load|bench [--skip-acl] [--skip-volume-calls] [--skip-volume-load] [--only a,b] [--skip-sanity] [--skip-stock] [--skip-pods] [--hard-kills N] [--switchovers N] [--stock-trials N] [--pod-trials N] [--soak-minutes N] | soak [--minutes N] | storage-e2e [--focus REGEX] [--minutes N]".into()),
     }
     let pods = hanfs && !acl_only && (storage_e2e.is_some() || !flag("--skip-pods"));
     if !pods {
@@ -151,13 +172,15 @@ fn plan(args: &[String]) -> Result<Plan, Error> {
         hanfs,
         sanity: !quick && !flag("--skip-sanity"),
         checks: !quick && !flag("--skip-checks"),
-        acl: (acl_only && !volume_calls && !volume_load) || (!quick && !flag("--skip-acl")),
+        acl: (acl_only && !volume_calls && !volume_load && mode != "soak")
+            || (!quick && !flag("--skip-acl")),
         volume_calls: volume_calls || (mode == "matrix" && !flag("--skip-volume-calls")),
         volume_load: volume_load || (mode == "matrix" && !flag("--skip-volume-load")),
         trials,
         pods,
         pod_trials,
         stock,
+        soak_minutes,
         storage_e2e,
     })
 }
@@ -286,6 +309,18 @@ fn run_on(
         hc.clock.log("volume load scenario done");
     }
     let (_, target) = hc.published_volume("writer", "128Mi")?;
+    if let Some(minutes) = plan.soak_minutes {
+        let result = soak::run(hc, &target, std::time::Duration::from_secs(minutes * 60))?;
+        for line in &result.lines {
+            hc.clock.log(line);
+        }
+        outcome.lines.extend(result.lines);
+        if result.passed {
+            outcome.passed += 1;
+        } else {
+            outcome.failed += 1;
+        }
+    }
     let mut runner = Runner::new(hc, target.clone());
     run_trials(hc, &mut runner, &plan.trials, outcome)?;
     let Some(artifacts) = artifacts else {
