@@ -48,6 +48,10 @@ pub fn lease_ms() -> Result<u64, Error> {
         },
     }
 }
+/// Bound on a returning node's resync before a step fails ([`HanfsCluster::wait_in_sync`];
+/// a full 512 MiB resync takes ~20 s here).
+pub const RESYNC_LIMIT: Duration = Duration::from_secs(300);
+
 /// Size of each storage VM's DRBD backing disk.
 pub const DATA_DISK_MIB: u64 = 512;
 
@@ -627,11 +631,39 @@ impl HanfsCluster {
         Ok((id, target))
     }
 
-    /// The end of each agent's log, the node plugin's and controller's, and the client's
-    /// kernel log: what to read when a step failed.
+    /// The end of the node plugin's and controller's logs, the client's kernel log, and
+    /// last (a CI report keeps only the tail of the output) each storage node's DRBD state
+    /// and agent log: what to read when a step failed.
     pub fn dump_logs(&self) {
+        for (what, path) in [
+            ("node plugin", self.client().share_dir().join("node.log")),
+            ("controller", self.workdir().join("controller.log")),
+        ] {
+            eprintln!("---- {what} log (last 10 lines) ----");
+            let log = fs::read_to_string(&path).unwrap_or_else(|e| {
+                eprintln!("(cannot read {}: {e})", path.display());
+                String::new()
+            });
+            let lines: Vec<&str> = log.lines().collect();
+            for line in &lines[lines.len().saturating_sub(10)..] {
+                eprintln!("{line}");
+            }
+        }
+        match self.client().exec("dmesg | tail -10", SHORT) {
+            Ok(out) => eprintln!("---- client dmesg ----\n{}", out.stdout),
+            Err(e) => eprintln!("---- client: {e}"),
+        }
         for name in STORAGE {
-            let path = self.vm(name).share_dir().join("agent.log");
+            let vm = self.vm(name);
+            if vm.is_running() {
+                match vm.exec("cat /proc/drbd", SHORT) {
+                    Ok(out) => eprintln!("---- {name} /proc/drbd ----\n{}", out.stdout),
+                    Err(e) => eprintln!("---- {name} /proc/drbd: {e}"),
+                }
+            } else {
+                eprintln!("---- {name}: not running");
+            }
+            let path = vm.share_dir().join("agent.log");
             eprintln!("---- {name} agent log (last 40 lines without DEBUG) ----");
             let log = fs::read_to_string(&path).unwrap_or_else(|e| {
                 eprintln!("(cannot read {}: {e})", path.display());
@@ -641,24 +673,6 @@ impl HanfsCluster {
             for line in &lines[lines.len().saturating_sub(40)..] {
                 eprintln!("{line}");
             }
-        }
-        for (what, path) in [
-            ("node plugin", self.client().share_dir().join("node.log")),
-            ("controller", self.workdir().join("controller.log")),
-        ] {
-            eprintln!("---- {what} log (last 20 lines) ----");
-            let log = fs::read_to_string(&path).unwrap_or_else(|e| {
-                eprintln!("(cannot read {}: {e})", path.display());
-                String::new()
-            });
-            let lines: Vec<&str> = log.lines().collect();
-            for line in &lines[lines.len().saturating_sub(20)..] {
-                eprintln!("{line}");
-            }
-        }
-        match self.client().exec("dmesg | tail -20", SHORT) {
-            Ok(out) => eprintln!("---- client dmesg ----\n{}", out.stdout),
-            Err(e) => eprintln!("---- client: {e}"),
         }
         hold_if_asked(self.workdir());
     }

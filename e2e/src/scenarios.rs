@@ -8,15 +8,13 @@
 use crate::Error;
 use crate::breakdown;
 use crate::cluster::{
-    HanfsCluster, LONG, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter, fail_data_disk,
+    HanfsCluster, LONG, RESYNC_LIMIT, SHORT, STORAGE, STORAGE_IPS, SplitBrainCounter,
+    fail_data_disk,
 };
 use crate::health_probe::{self, StorageHealthProbe};
 use crate::kube_pods::KubeNode;
 use crate::writer::{Trial, Writer, run_trial};
 use std::time::Duration;
-
-/// Bound on a returning node's resync (a full 512 MiB resync takes ~20 s here).
-const RESYNC_LIMIT: Duration = Duration::from_secs(300);
 
 /// The agents' nfsd grace period (`nfsd.grace_secs` in the agent config) plus a margin.
 const GRACE: Duration = Duration::from_secs(11);
@@ -132,6 +130,10 @@ impl<'a> Runner<'a> {
 
     fn run_base(&mut self, name: &str, lock: bool) -> Result<Trial, Error> {
         let (active, _) = self.hc.wait_active(None, LONG)?;
+        // A trial needs a peer that can take over: a node still resyncing (restarted by
+        // an earlier step) is Inconsistent, cannot be promoted, and the trial would wait
+        // for a takeover that cannot come (a CI run lost a hard kill this way).
+        self.hc.wait_in_sync(&active, RESYNC_LIMIT)?;
         // After a takeover nfsd is in its grace period (10 s) and holds back new opens
         // and locks; the writer must be writing when the fault comes.
         std::thread::sleep(GRACE);
