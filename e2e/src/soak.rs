@@ -183,42 +183,17 @@ fn api_load(hc: &HanfsCluster, index: usize, stop: &AtomicBool) -> Result<Calls,
             "metadata": { "name": name }, "data": { "filler": data }
         })
         .to_string();
-        let started = Instant::now();
-        calls.record(
-            started,
-            ok(
-                api.curl_in(api.core_ns(), "POST", CONFIGMAPS, Some(&body), API_TIMEOUT),
-                201,
-            ),
-        );
-        let started = Instant::now();
-        calls.record(
-            started,
-            ok(
-                api.curl_in(
-                    api.core_ns(),
-                    "GET",
-                    &format!("{CONFIGMAPS}?limit=100"),
-                    None,
-                    API_TIMEOUT,
-                ),
-                200,
-            ),
-        );
-        let started = Instant::now();
-        calls.record(
-            started,
-            ok(
-                api.curl_in(
-                    api.core_ns(),
-                    "DELETE",
-                    &format!("{CONFIGMAPS}/{name}"),
-                    None,
-                    API_TIMEOUT,
-                ),
-                200,
-            ),
-        );
+        let list = format!("{CONFIGMAPS}?limit=100");
+        let one = format!("{CONFIGMAPS}/{name}");
+        for (method, path, body, status) in [
+            ("POST", CONFIGMAPS, Some(body.as_str()), 201),
+            ("GET", list.as_str(), None, 200),
+            ("DELETE", one.as_str(), None, 200),
+        ] {
+            let started = Instant::now();
+            let reply = api.curl_in(api.core_ns(), method, path, body, API_TIMEOUT);
+            calls.record(started, ok(reply, status));
+        }
         thread::sleep(API_PAUSE);
     }
     Ok(calls)
