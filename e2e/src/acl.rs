@@ -17,7 +17,7 @@
 //!    read-write mount of it (a node ignoring the flag) gets EROFS on its first write.
 
 use crate::Error;
-use crate::cluster::{HanfsCluster, LONG, RESYNC_LIMIT, SHORT, STANDALONE_ROOT, VIP, first_word};
+use crate::cluster::{HanfsCluster, LONG, SHORT, STANDALONE_ROOT, VIP, first_word};
 use std::time::Duration;
 
 /// The second address of the client VM (not published to anyone).
@@ -185,9 +185,7 @@ pub fn run(hc: &HanfsCluster) -> Result<Vec<String>, Error> {
         &format!("after the failover {SECOND_ADDRESS} mounted the volume"),
         !client_can_mount(hc, dir, Some("second"))?,
     );
-    hc.restart_storage(&active)?;
-    // Whatever runs next may fail over again: it needs a peer with current data.
-    let resync = hc.wait_in_sync(&survivor, RESYNC_LIMIT)?;
+    let resync = hc.rejoin_storage(&active, &survivor)?;
     notes.push(format!(
         "{active} back in sync after {:.0} s",
         resync.as_secs_f64()

@@ -597,6 +597,14 @@ impl HanfsCluster {
         Ok(())
     }
 
+    /// Brings a killed storage node back ([`Self::restart_storage`]) and waits until the
+    /// survivor reports both disks UpToDate: whatever runs next may fail over again and
+    /// needs a peer with current data. Returns the resync time.
+    pub fn rejoin_storage(&self, name: &str, survivor: &str) -> Result<Duration, Error> {
+        self.restart_storage(name)?;
+        self.wait_in_sync(survivor, RESYNC_LIMIT)
+    }
+
     /// Waits until DRBD on `name` is connected and both disks are UpToDate.
     pub fn wait_in_sync(&self, name: &str, limit: Duration) -> Result<Duration, Error> {
         let started = Instant::now();
@@ -639,15 +647,7 @@ impl HanfsCluster {
             ("node plugin", self.client().share_dir().join("node.log")),
             ("controller", self.workdir().join("controller.log")),
         ] {
-            eprintln!("---- {what} log (last 10 lines) ----");
-            let log = fs::read_to_string(&path).unwrap_or_else(|e| {
-                eprintln!("(cannot read {}: {e})", path.display());
-                String::new()
-            });
-            let lines: Vec<&str> = log.lines().collect();
-            for line in &lines[lines.len().saturating_sub(10)..] {
-                eprintln!("{line}");
-            }
+            print_log_tail(what, &path, 10, false);
         }
         match self.client().exec("dmesg | tail -10", SHORT) {
             Ok(out) => eprintln!("---- client dmesg ----\n{}", out.stdout),
@@ -663,16 +663,8 @@ impl HanfsCluster {
             } else {
                 eprintln!("---- {name}: not running");
             }
-            let path = vm.share_dir().join("agent.log");
-            eprintln!("---- {name} agent log (last 40 lines without DEBUG) ----");
-            let log = fs::read_to_string(&path).unwrap_or_else(|e| {
-                eprintln!("(cannot read {}: {e})", path.display());
-                String::new()
-            });
-            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{line}");
-            }
+            let what = format!("{name} agent");
+            print_log_tail(&what, &vm.share_dir().join("agent.log"), 40, true);
         }
         hold_if_asked(self.workdir());
     }
@@ -685,6 +677,24 @@ impl HanfsCluster {
         drop(self.api.take());
         self.cluster.destroy()?;
         Ok(())
+    }
+}
+
+/// Prints the last `lines` lines of a log on stderr, DEBUG lines left out when asked
+/// (an agent logs a DEBUG line per renewal: the tail would show nothing else).
+fn print_log_tail(what: &str, path: &Path, lines: usize, skip_debug: bool) {
+    let filter = if skip_debug { " without DEBUG" } else { "" };
+    eprintln!("---- {what} log (last {lines} lines{filter}) ----");
+    let log = fs::read_to_string(path).unwrap_or_else(|e| {
+        eprintln!("(cannot read {}: {e})", path.display());
+        String::new()
+    });
+    let kept: Vec<&str> = log
+        .lines()
+        .filter(|line| !(skip_debug && line.contains("DEBUG")))
+        .collect();
+    for line in &kept[kept.len().saturating_sub(lines)..] {
+        eprintln!("{line}");
     }
 }
 

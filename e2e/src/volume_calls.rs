@@ -242,8 +242,7 @@ pub fn run(hc: &HanfsCluster) -> Result<Vec<String>, Error> {
     }
 
     // Leave the cluster as the next scenario expects it: both nodes up and in sync.
-    hc.restart_storage(&active)?;
-    hc.wait_in_sync(&survivor, Duration::from_secs(300))?;
+    hc.rejoin_storage(&active, &survivor)?;
     for name in &expected.volumes {
         let _ = hc.hanfsctl(&["volume", "delete", &format!("v1/e2e/{name}")]);
     }
