@@ -496,8 +496,10 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let server = runtime.spawn(serve(listener, registry));
 
+        // "Stale" also means "no sample yet": on a loaded machine the first scrape can
+        // come before the first sample, so wait for stale *with* an age, the stuck case.
         let mut stale = None;
-        for _ in 0..40 {
+        for _ in 0..200 {
             let started = Instant::now();
             let response = get(address, "/metrics", Duration::from_secs(2), &thaw);
             assert!(
@@ -506,13 +508,15 @@ mod tests {
                 started.elapsed()
             );
             assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-            if response.contains("hanfs_fs_sample_stale{node=\"a\"} 1") {
+            if response.contains("hanfs_fs_sample_stale{node=\"a\"} 1")
+                && !response.contains("hanfs_fs_sample_age_seconds{node=\"a\"} NaN")
+            {
                 stale = Some(response);
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let stale = stale.expect("the stuck sampler shows as stale within 2 s");
+        let stale = stale.expect("the stuck sampler shows as stale within 10 s");
         assert!(
             stale.contains("hanfs_volumes{node=\"a\"} 3"),
             "the last count stays: {stale}"
