@@ -353,11 +353,13 @@ pub fn run(hc: &HanfsCluster, target: &str, length: Duration) -> Result<Soak, Er
         }
         (trial, watch, churned, api_calls)
     });
-    let trial: Trial = trial?;
     let watch = watch.map_err(|e| format!("soak: {e}"))?;
     let mut broken = failures
         .into_inner()
         .map_err(|_| "soak failures poisoned")?;
+    // A writer that did not finish (its server gone, say) is one failure among the
+    // figures: the Lease watch still says what happened to the Lease meanwhile.
+    let trial: Option<Trial> = trial.map_err(|e| broken.push(format!("writer: {e}"))).ok();
 
     let handovers = watch.tenures.len() - 1;
     if handovers > 0 {
@@ -372,7 +374,7 @@ pub fn run(hc: &HanfsCluster, target: &str, length: Duration) -> Result<Soak, Er
             "{active} was active at the start, {now_active:?} at the end"
         ));
     }
-    if !trial.clean() {
+    if let Some(trial) = trial.as_ref().filter(|t| !t.clean()) {
         broken.push(format!(
             "writer: {} lost, {} I/O errors, {} locks lost, {} stale{}",
             trial.lost,
@@ -418,10 +420,12 @@ pub fn run(hc: &HanfsCluster, target: &str, length: Duration) -> Result<Soak, Er
         watch.reads,
         watch.read_failures
     )];
-    lines.push(format!(
-        "soak writer: {} records acknowledged, {} lost, {} I/O errors, {} locks lost, longest stall {:.2} s",
-        trial.acked, trial.lost, trial.io_errors, trial.locks_lost, trial.stall_s
-    ));
+    if let Some(trial) = &trial {
+        lines.push(format!(
+            "soak writer: {} records acknowledged, {} lost, {} I/O errors, {} locks lost, longest stall {:.2} s",
+            trial.acked, trial.lost, trial.io_errors, trial.locks_lost, trial.stall_s
+        ));
+    }
     lines.push(format!("soak {}", churned.describe("volume churn")));
     lines.push(format!("soak {}", api_calls.describe("API load")));
     if let Some(first) = api_calls.failures.first() {
