@@ -20,6 +20,8 @@ pub struct TrialRecords {
     pub fault_at: f64,
     /// Acknowledgement times, in log order.
     pub acks: Vec<f64>,
+    /// The writer's last line (ack, err or done): it was still running until then.
+    pub last_at: f64,
 }
 
 /// Parses one records file's text; `name` is its file name (setup, scenario, lock).
@@ -41,6 +43,7 @@ pub fn parse(name: &str, text: &str) -> Result<TrialRecords, String> {
     };
     let mut fault_at = None;
     let mut acks = Vec::new();
+    let mut last_at = f64::NEG_INFINITY;
     for (i, line) in text.lines().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let time = |s: &str| {
@@ -49,8 +52,12 @@ pub fn parse(name: &str, text: &str) -> Result<TrialRecords, String> {
         };
         match words.as_slice() {
             ["fault", t] => fault_at = Some(time(t)?),
-            ["ack", _, t] => acks.push(time(t)?),
-            ["err", ..] | ["done", _] | [] => {}
+            ["ack", _, t] => {
+                acks.push(time(t)?);
+                last_at = last_at.max(time(t)?);
+            }
+            ["err", _, t, _] | ["done", t] => last_at = last_at.max(time(t)?),
+            [] => {}
             _ => return Err(format!("{name} line {}: unknown {line:?}", i + 1)),
         }
     }
@@ -62,6 +69,7 @@ pub fn parse(name: &str, text: &str) -> Result<TrialRecords, String> {
             format!("{name}: no 'fault <t>' line (written by an older e2e/src/writer.rs?)")
         })?,
         acks,
+        last_at,
     })
 }
 
@@ -82,6 +90,14 @@ pub fn timeline(trial: &TrialRecords, before: f64, after: f64) -> Vec<(f64, f64)
             points.push((x, last));
         }
         points.push((x, y));
+    }
+    // A stall longer than the window (the stock setup's 110 s, with or without I/O
+    // errors) draws flat to its edge, never as a line that just ends at the fault.
+    let ran_past_window = trial.last_at - trial.fault_at > after;
+    if let Some(&(x, last)) = points.last() {
+        if ran_past_window && x < after {
+            points.push((after, last));
+        }
     }
     points
 }
@@ -158,12 +174,20 @@ mod tests {
         assert_eq!(y_at(0.06), 1.0);
         assert_eq!(y_at(5.0), 1.0, "nothing acknowledged during the stall");
         assert_eq!(y_at(5.25), 3.0);
-        // Points outside the window are left out.
-        assert!(
-            timeline(&t, 0.1, 1.0)
-                .iter()
-                .all(|(x, _)| (-0.1..=1.0).contains(x))
-        );
+        // Points outside the window are left out, and a stall past its edge stays flat
+        // to the edge.
+        let short = timeline(&t, 0.1, 1.0);
+        assert!(short.iter().all(|(x, _)| (-0.1..=1.0).contains(x)));
+        assert_eq!(short.last(), Some(&(1.0, 1.0)));
+        // A trial that ended inside the window is not drawn past its last ack.
+        assert!(points.last().unwrap().0 < 10.0);
+        // Only errors after the fault, for longer than the window: flat to its edge.
+        let failing = parse(
+            "acks-stock-hard-kill-lock-1.log",
+            "fault 100.0\nack 1 99.5\nerr 2 115.0 5\nerr 3 140.0 5\ndone 141.0\n",
+        )
+        .unwrap();
+        assert_eq!(timeline(&failing, 1.0, 30.0).last(), Some(&(30.0, 0.0)));
     }
 
     #[test]
