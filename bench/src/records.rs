@@ -94,10 +94,11 @@ pub fn timeline(trial: &TrialRecords, before: f64, after: f64) -> Vec<(f64, f64)
     // A stall longer than the window (the stock setup's 110 s, with or without I/O
     // errors) draws flat to its edge, never as a line that just ends at the fault.
     let ran_past_window = trial.last_at - trial.fault_at > after;
-    if let Some(&(x, last)) = points.last() {
-        if ran_past_window && x < after {
-            points.push((after, last));
-        }
+    if let Some(&(x, last)) = points.last()
+        && ran_past_window
+        && x < after
+    {
+        points.push((after, last));
     }
     points
 }
