@@ -64,7 +64,7 @@ fn first_ack_time(log: &str) -> Option<f64> {
 
 /// Runs a repo script (bash, or python3 for `.py`) that builds (or finds cached) something
 /// and prints its folder last.
-fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
+pub(crate) fn built(repo: &Path, script: &str, args: &[&str]) -> Result<PathBuf, Error> {
     let mut cmd = Command::new(if script.ends_with(".py") {
         "python3"
     } else {

@@ -26,12 +26,13 @@ pub struct SuiteResult {
 /// The test images the suite's pods run (OCI archives made by build-e2e-test.sh), to be
 /// put into the node's containerd store before the client VM boots.
 pub fn test_images(repo: &Path) -> Result<Vec<PathBuf>, Error> {
-    let bin = crate::kube_pods::built_file(repo, "e2e/kube/build-e2e-test.sh", &[])?;
+    // The script prints its bin folder last; the images folder is that folder's sibling.
+    let bin = crate::kube_pods::built(repo, "e2e/kube/build-e2e-test.sh", &[])?;
     let dir = bin
         .parent()
         .ok_or_else(|| {
             format!(
-                "build-e2e-test.sh printed {}, which has no folder",
+                "build-e2e-test.sh printed {}, which has no parent folder",
                 bin.display()
             )
         })?
