@@ -196,6 +196,13 @@ expect "TLS Secrets mounted: controller (minimal, full), agent (full)" \
     '["hanfs-tls-client"] ["hanfs-tls-controller"] ["hanfs-tls-storage"]'
 expect "full: agent.json's volume_api.tls" "$(docs ConfigMap <"$full_yaml" | py 'sorted({json.dumps(json.loads(v)["volume_api"]["tls"], sort_keys=True) for v in o[0]["data"].values()})')" \
     '["{\"ca_file\": \"/etc/hanfs/tls/ca.crt\", \"cert_file\": \"/etc/hanfs/tls/tls.crt\", \"key_file\": \"/etc/hanfs/tls/tls.key\"}"]'
+# fsGroupPolicy follows the squash: File only where kubelet's chown as root reaches the
+# server as root (full values: rootSquash false); None when set, whatever the squash.
+fsgroup() { docs CSIDriver <"$1" | py 'o[0]["spec"]["fsGroupPolicy"]'; }
+none_yaml=$work/fsgroup-none.yaml
+helm template hanfs "$chart" -n storage -f "$full" --set driver.fsGroupPolicy=None >"$none_yaml" 2>&1 || true
+expect "CSIDriver fsGroupPolicy: None under root_squash (minimal), File without (full), None as set" \
+    "$(fsgroup "$min_yaml") $(fsgroup "$full_yaml") $(fsgroup "$none_yaml")" "None File None"
 hooks=$(docs Pod <"$min_yaml" | py 'o[0]["metadata"]["annotations"]')
 expect "helm test hook Pod annotations" "$hooks" '{"helm.sh/hook": "test", "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded", "helm.sh/hook-weight": "0"}'
 
@@ -228,6 +235,8 @@ refuse "agent with one node" "/agent/nodes" -f "$full" --set 'agent.nodes={stora
 refuse "lease shorter than 1500 ms" "durationMs" -f "$full" --set agent.lease.durationMs=1000
 refuse "TLS: agent on with a client Secret only" "tls.existingServerSecret" -f "$full" --set tls.existingServerSecret=
 refuse "TLS: a server Secret without the client Secret" "needs tls.existingSecret" "${minimal[@]}" --set tls.existingServerSecret=x
+refuse "fsGroupPolicy File under root_squash" "needs agent.nfsd.rootSquash=false" "${minimal[@]}" --set driver.fsGroupPolicy=File
+refuse "fsGroupPolicy enum" "fsGroupPolicy" "${minimal[@]}" --set driver.fsGroupPolicy=ReadWriteOnceWithFSType
 
 # ---------------------------------------------------------------- 3b. flags and config keys
 # Every flag the chart passes to a hanfs binary must be one that binary's --help lists,
@@ -426,7 +435,7 @@ ns=hanfs-min
 if install hanfs "$ns" "${minimal[@]}"; then
     expect "CSIDriver fields" "$(get /apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io \
         '[o["spec"][k] for k in ("attachRequired", "fsGroupPolicy", "podInfoOnMount", "requiresRepublish", "volumeLifecycleModes")]')" \
-        '[true, "File", false, false, ["Persistent"]]'
+        '[true, "None", false, false, ["Persistent"]]'
     expect "StorageClass hanfs" "$(get /apis/storage.k8s.io/v1/storageclasses/hanfs \
         '[o["provisioner"], o["parameters"], o["allowVolumeExpansion"], o["reclaimPolicy"], o["volumeBindingMode"]]')" \
         '["hanfs.csi.io", {"onDelete": "delete"}, true, "Delete", "Immediate"]'
@@ -443,8 +452,9 @@ if install hanfs "$ns" "${minimal[@]}"; then
         '["hanfs-attacher", "hanfs-provisioner", "hanfs-resizer", "hanfs-snapshotter"]'
     expect "Secret with the generated token, 48 characters" "$(get "/api/v1/namespaces/$ns/secrets/hanfs-backend-token" \
         'len(__import__("base64").b64decode(o["data"]["token"]))')" 48
-    if grep -q "kubectl get csinode" "$work/install-$ns.out" && grep -q "hanfs-backend status" "$work/install-$ns.out"; then
-        pass "NOTES: CSINode and hanfs-backend status health checks printed"
+    if grep -q "kubectl get csinode" "$work/install-$ns.out" && grep -q "hanfs-backend status" "$work/install-$ns.out" &&
+        grep -q "fsGroup is not applied" "$work/install-$ns.out"; then
+        pass "NOTES: CSINode and hanfs-backend status health checks, and that fsGroup is not applied (root_squash), printed"
     else
         fail "NOTES: health checks printed" "$(cat "$work/install-$ns.out")"
     fi
@@ -510,7 +520,13 @@ api POST /api/v1/namespaces "$body" >/dev/null
 printf '{"apiVersion":"v1","kind":"Secret","metadata":{"name":"hanfs-token-from-vault","namespace":"%s"},"stringData":{"api-token":"s3cret"}}' "$ns" >"$body"
 api POST "/api/v1/namespaces/$ns/secrets" "$body" >/dev/null
 if install hanfs "$ns" -f "$full"; then
-    expect "CSIDriver attachRequired from the value" "$(get /apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io 'o["spec"]["attachRequired"]')" true
+    expect "CSIDriver attachRequired from the value, fsGroupPolicy File (no root_squash)" \
+        "$(get /apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io '[o["spec"]["attachRequired"], o["spec"]["fsGroupPolicy"]]')" '[true, "File"]'
+    if grep -q "fsGroup is not applied" "$work/install-$ns.out"; then
+        fail "full: NOTES say nothing of fsGroup (File applies it)" "$(cat "$work/install-$ns.out")"
+    else
+        pass "full: NOTES say nothing of fsGroup (File applies it)"
+    fi
     expect "two StorageClasses, one default" "$(get /apis/storage.k8s.io/v1/storageclasses \
         '[(s["metadata"]["name"], s["metadata"].get("annotations", {}).get("storageclass.kubernetes.io/is-default-class"), s["parameters"]["onDelete"], s.get("mountOptions")) for s in o["items"]]')" \
         '[["hanfs", "true", "delete", ["nconnect=4"]], ["hanfs-archive", null, "archive", null]]'

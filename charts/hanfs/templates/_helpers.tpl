@@ -65,6 +65,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* CSIDriver fsGroupPolicy: driver.fsGroupPolicy, else File without root_squash and
+None with it (kubelet's chown as root is squashed: it would fail on every file). */}}
+{{- define "hanfs.fsGroupPolicy" -}}
+{{- $squash := .Values.agent.nfsd.rootSquash -}}
+{{- $policy := .Values.driver.fsGroupPolicy | default (ternary "None" "File" $squash) -}}
+{{- if and (eq $policy "File") $squash -}}
+{{- fail "driver.fsGroupPolicy=File needs agent.nfsd.rootSquash=false: under root_squash kubelet's chown as root acts as nobody and fails on every file (set the storage servers' nfsd.root_squash to false too, or use None)" -}}
+{{- end -}}
+{{- $policy -}}
+{{- end -}}
+
 {{/* The NFS server nodes mount: backend.nfsServer, else the host of the backend address. */}}
 {{- define "hanfs.nfsServer" -}}
 {{- if .Values.backend.nfsServer -}}
