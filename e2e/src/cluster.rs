@@ -66,10 +66,33 @@ pub const CLIENT_CPUS: u32 = 2;
 pub const LONG: Duration = Duration::from_secs(120);
 pub const SHORT: Duration = Duration::from_secs(30);
 
-/// `thin`: sizes are limits only (the storage e2e suite asks for more GiB in total than a
-/// test VM's 512 MiB export holds; they never fill them).
-fn agent_config(node: &str, peer: &str, thin: bool) -> Result<String, Error> {
+/// How the storage agents serve volumes. The default (`thick`, `root_squash`) is the
+/// agent's own; the storage e2e suite needs [`Exports::STORAGE_SUITE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exports {
+    /// Sizes are limits only (the storage e2e suite asks for more GiB in total than a
+    /// test VM's 512 MiB export holds; they never fill them).
+    pub thin: bool,
+    /// `root_squash` on every volume export. Off, root on the node is root on the server,
+    /// so kubelet's chown applies a pod's fsGroup (the chart then says `File`).
+    pub root_squash: bool,
+}
+
+impl Exports {
+    pub const DEFAULT: Exports = Exports {
+        thin: false,
+        root_squash: true,
+    };
+    /// The suite's fsgroup patterns check that kubelet applied fsGroup: no root_squash.
+    pub const STORAGE_SUITE: Exports = Exports {
+        thin: true,
+        root_squash: false,
+    };
+}
+
+fn agent_config(node: &str, peer: &str, exports: Exports) -> Result<String, Error> {
     let lease_ms = lease_ms()?;
+    let Exports { thin, root_squash } = exports;
     Ok(format!(
         r#"{{
   "node": "{node}", "peer": "{peer}",
@@ -80,7 +103,7 @@ fn agent_config(node: &str, peer: &str, thin: bool) -> Result<String, Error> {
     "tls": {{ "ca_file": "/hanfs/share/tls/ca.crt", "cert_file": "/hanfs/share/tls/tls.crt", "key_file": "/hanfs/share/tls/tls.key" }} }},
   "drbd": {{ "resource": "r0", "device": "/dev/drbd0" }},
   "filesystem": {{ "mountpoint": "/export", "fstype": "xfs", "options": ["prjquota"] }},
-  "nfsd": {{ "scope": "hanfs-nfs", "lease_secs": 10, "grace_secs": 10, "threads": 8 }},
+  "nfsd": {{ "scope": "hanfs-nfs", "lease_secs": 10, "grace_secs": 10, "threads": 8, "root_squash": {root_squash} }},
   "vip": {{ "address": "{VIP}", "prefix_len": 24, "interface": "eth0" }},
   "last_resort": "reboot"
 }}"#
@@ -279,6 +302,8 @@ pub struct HanfsCluster {
     pub clock: Clock,
     pub repo: PathBuf,
     pub bins: PathBuf,
+    /// What the agents were configured with (the chart's values must say the same).
+    pub exports: Exports,
     controller: Option<Supervised>,
     api: Option<KubeApiServer>,
     cluster: Cluster,
@@ -288,13 +313,17 @@ impl HanfsCluster {
     /// Boots everything and returns once one storage VM serves the VIP and the node
     /// plugin and controller answer.
     pub fn start(clock: Clock) -> Result<Self, Error> {
-        Self::start_with(clock, None, false)
+        Self::start_with(clock, None, Exports::DEFAULT)
     }
 
     /// [`HanfsCluster::start`] with the client's data disk starting as `client_disk` (the
-    /// kubelet node's containerd store, see `kube_pods::Artifacts`), and thin provisioning
-    /// if `thin`.
-    pub fn start_with(clock: Clock, client_disk: Option<&Path>, thin: bool) -> Result<Self, Error> {
+    /// kubelet node's containerd store, see `kube_pods::Artifacts`), and the agents
+    /// serving as `exports` says.
+    pub fn start_with(
+        clock: Clock,
+        client_disk: Option<&Path>,
+        exports: Exports,
+    ) -> Result<Self, Error> {
         let (repo, bins) = repo_and_bins()?;
         let cluster = Cluster::start(vm_spec(&bins, client_disk))?;
         clock.log(&format!(
@@ -321,15 +350,16 @@ impl HanfsCluster {
             clock,
             repo,
             bins,
+            exports,
             controller: None,
             api: Some(api),
             cluster,
         };
-        hc.install(thin)?;
+        hc.install()?;
         Ok(hc)
     }
 
-    fn install(&mut self, thin: bool) -> Result<(), Error> {
+    fn install(&mut self) -> Result<(), Error> {
         let resource = fs::read_to_string(self.repo.join("e2e/storage/drbd-r0.res"))?;
         let token = format!("e2e-{}", std::process::id());
         fs::write(self.workdir().join("backend-token"), &token)?;
@@ -348,7 +378,7 @@ impl HanfsCluster {
             copy_dir_files(&self.workdir().join(TLS_SERVER_DIR), &share.join("tls"))?;
             fs::write(
                 share.join("agent.json"),
-                agent_config(name, STORAGE[1 - i], thin)?,
+                agent_config(name, STORAGE[1 - i], self.exports)?,
             )?;
         }
         crate::writer::install(self.client())?;

@@ -526,12 +526,15 @@ impl<'a> KubeNode<'a> {
         // with external storage servers does: tls.existingSecret).
         self.create_tls_secret()?;
         let values = hc.workdir().join("kube/values.yaml");
+        // As an admin with external agents does: the chart's rootSquash says what theirs
+        // do, and the CSIDriver's fsGroupPolicy follows it.
+        let root_squash = hc.exports.root_squash;
         fs::write(
             &values,
             format!(
                 "clusterId: {CLUSTER_ID}\n\
                  image:\n  pullPolicy: Never\n\
-                 agent:\n  enabled: false\n\
+                 agent:\n  enabled: false\n  nfsd:\n    rootSquash: {root_squash}\n\
                  backend:\n  address: {VIP}:9820\n  token: {token}\n  nfsShare: /export\n\
                  tls:\n  existingSecret: {TLS_SECRET}\n\
                  controller:\n  livenessProbe:\n    timeoutSeconds: 30\n    failureThreshold: 10\n\
@@ -556,6 +559,21 @@ impl<'a> KubeNode<'a> {
             .into());
         }
         let api = self.api();
+        // The suite's fsgroup specs test kubelet's chown: it only reaches the server as
+        // root without root_squash, and the chart must have said so to kubelet.
+        let policy =
+            api.get("/apis/storage.k8s.io/v1/csidrivers/hanfs.csi.io")?["spec"]["fsGroupPolicy"]
+                .clone();
+        let want = if root_squash { "None" } else { "File" };
+        if policy != want {
+            return Err(format!(
+                "CSIDriver fsGroupPolicy is {policy}, want {want} for agents with root_squash {root_squash}"
+            )
+            .into());
+        }
+        hc.clock.log(&format!(
+            "helm install: CSIDriver fsGroupPolicy {want} (agents' root_squash: {root_squash})"
+        ));
         api.wait(
             &format!("/apis/storage.k8s.io/v1/csinodes/{CLIENT}"),
             START_LIMIT,

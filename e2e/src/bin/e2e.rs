@@ -29,7 +29,7 @@
 //! Prints the tables on stdout and ends with `e2e: N passed, M failed`.
 //! Needs root, qemu, Go, release binaries (`cargo build --release --bins`).
 
-use e2e::cluster::HanfsCluster;
+use e2e::cluster::{Exports, HanfsCluster};
 use e2e::kube_pods::{Artifacts, KubeNode};
 use e2e::scenarios::{ALL, Runner, UNDER_POD};
 use e2e::writer::Trial;
@@ -209,7 +209,11 @@ fn run_hanfs(clock: Clock, plan: &Plan, outcome: &mut Outcome) -> Result<(), Err
     let hc = HanfsCluster::start_with(
         clock,
         artifacts.as_ref().map(|a| a.client_disk.as_path()),
-        plan.storage_e2e.is_some(),
+        if plan.storage_e2e.is_some() {
+            Exports::STORAGE_SUITE
+        } else {
+            Exports::DEFAULT
+        },
     )?;
     let result = run_on(&hc, plan, artifacts.as_ref(), outcome);
     if result.is_err() {
