@@ -705,8 +705,59 @@ impl HanfsCluster {
             let _ = controller.stop(Duration::from_secs(5));
         }
         drop(self.api.take());
+        self.keep_agent_logs();
         self.cluster.destroy()?;
         Ok(())
+    }
+
+    /// Copies both agents' logs (DEBUG lines left out) to `target/e2e-logs/<stamp>/`
+    /// before the VMs' temp dirs go: a slow stand-down or takeover is only explained by
+    /// the agents' step lines. Keeps the newest [`KEPT_LOG_RUNS`] runs; a failure to copy
+    /// is printed, never fatal (the run's verdict is not about its logs).
+    fn keep_agent_logs(&self) {
+        let root = self.repo.join("target/e2e-logs");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let dir = root.join(stamp.to_string());
+        if let Err(e) = fs::create_dir_all(&dir) {
+            eprintln!("agent logs not kept: {}: {e}", dir.display());
+            return;
+        }
+        for name in STORAGE {
+            let from = self.vm(name).share_dir().join("agent.log");
+            let kept = fs::read_to_string(&from).map(|log| {
+                log.lines()
+                    .filter(|line| !line.contains("DEBUG"))
+                    .flat_map(|line| [line, "\n"])
+                    .collect::<String>()
+            });
+            let to = dir.join(format!("{name}-agent.log"));
+            if let Err(e) = kept.and_then(|text| fs::write(&to, text)) {
+                eprintln!("agent log of {name} not kept ({}): {e}", from.display());
+            }
+        }
+        self.clock
+            .log(&format!("agent logs kept in {}", dir.display()));
+        prune_oldest(&root, KEPT_LOG_RUNS);
+    }
+}
+
+/// How many runs' agent logs `target/e2e-logs` keeps.
+const KEPT_LOG_RUNS: usize = 10;
+
+/// Removes all but the `keep` newest run folders under `root` (named by their stamps).
+fn prune_oldest(root: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    let mut runs: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect();
+    runs.sort();
+    for (_, path) in runs.iter().rev().skip(keep) {
+        let _ = fs::remove_dir_all(path);
     }
 }
 
@@ -768,5 +819,27 @@ pub fn hanfsctl_outcome(make: &impl Fn() -> Command, limit: Duration) -> Result<
             String::from_utf8_lossy(&out.stderr)
         )),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_runs_and_other_files() {
+        let root = std::env::temp_dir().join(format!("hanfs-prune-{}", std::process::id()));
+        for stamp in [5, 30, 7, 100, 12] {
+            fs::create_dir_all(root.join(stamp.to_string())).unwrap();
+        }
+        fs::create_dir_all(root.join("notes")).unwrap();
+        prune_oldest(&root, 2);
+        let mut left: Vec<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(left, ["100", "30", "notes"]);
     }
 }
